@@ -1,0 +1,407 @@
+//! The image directory: CRIU's images plus cns's own metadata, and readers
+//! for the few CRIU images cns looks into (stats, pstree, files, inventory).
+//!
+//! CRIU image files start with two little-endian u32 magics (common or
+//! service magic, then the image type) followed by entries, each a u32 length
+//! and a protobuf message.
+
+use std::fs;
+use std::io;
+use std::path::PathBuf;
+
+use prost::Message;
+
+use crate::proto;
+
+/// CRIU's magic for ordinary images.
+pub const IMG_COMMON_MAGIC: u32 = 0x5456_4319;
+/// CRIU's magic for service images (stats, irmap cache).
+pub const IMG_SERVICE_MAGIC: u32 = 0x5510_5940;
+/// `inventory.img` type magic.
+pub const INVENTORY_MAGIC: u32 = 0x5831_3116;
+
+/// Name of cns's metadata file inside an image directory.
+pub const META_FILE: &str = "cns.json";
+/// CRIU log of the dump, inside the image directory.
+pub const DUMP_LOG: &str = "dump.log";
+
+/// Errors reading an image directory.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error("image directory {0} does not exist")]
+    Missing(PathBuf),
+    #[error("{0} is not a directory")]
+    NotADirectory(PathBuf),
+    #[error("{0} holds no checkpoint (no inventory.img)")]
+    Empty(PathBuf),
+    #[error("cannot read {path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("{path} is not a CRIU image ({what})")]
+    Corrupt { path: PathBuf, what: String },
+}
+
+/// An image directory on disk.
+#[derive(Debug, Clone)]
+pub struct ImageDir {
+    pub path: PathBuf,
+}
+
+/// CRIU's dump statistics (stats-dump.img), times in microseconds.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize, PartialEq)]
+pub struct DumpStats {
+    pub freezing_time_us: u64,
+    pub frozen_time_us: u64,
+    pub memdump_time_us: u64,
+    pub memwrite_time_us: u64,
+    pub pages_scanned: u64,
+    pub pages_written: u64,
+    pub image_bytes: u64,
+}
+
+/// CRIU's restore statistics (stats-restore.img), times in microseconds.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize, PartialEq)]
+pub struct RestoreStats {
+    pub forking_time_us: u64,
+    pub restore_time_us: u64,
+    pub pages_restored: u64,
+    pub pages_compared: u64,
+}
+
+/// One process of the dumped tree (pstree.img), pids as seen inside the pid ns.
+#[derive(Debug, Clone, serde::Serialize, PartialEq, Eq)]
+pub struct TreeEntry {
+    pub pid: u32,
+    pub ppid: u32,
+    pub pgid: u32,
+    pub sid: u32,
+    pub threads: usize,
+}
+
+/// A regular file the image refers to (files.img).
+#[derive(Debug, Clone, serde::Serialize, PartialEq, Eq)]
+pub struct ImageFile {
+    pub path: String,
+    pub size: Option<u64>,
+    pub mode: Option<u32>,
+    pub build_id: Vec<u32>,
+}
+
+/// Splits a CRIU image into its protobuf entries (pure; unit-tested).
+pub fn split_entries(data: &[u8]) -> Result<(u32, u32, Vec<&[u8]>), String> {
+    if data.len() < 8 {
+        return Err(format!("{} bytes, shorter than the 8-byte header", data.len()));
+    }
+    let word = |i: usize| u32::from_le_bytes([data[i], data[i + 1], data[i + 2], data[i + 3]]);
+    let (first, second) = (word(0), word(4));
+    if first != IMG_COMMON_MAGIC && first != IMG_SERVICE_MAGIC {
+        return Err(format!("bad magic {first:#x}"));
+    }
+    let mut entries = Vec::new();
+    let mut off = 8;
+    while off < data.len() {
+        if off + 4 > data.len() {
+            return Err(format!("truncated entry header at byte {off}"));
+        }
+        let len = word(off) as usize;
+        off += 4;
+        let end = off.checked_add(len).filter(|&e| e <= data.len());
+        let Some(end) = end else {
+            return Err(format!("entry at byte {off} claims {len} bytes, file ends first"));
+        };
+        entries.push(&data[off..end]);
+        off = end;
+    }
+    Ok((first, second, entries))
+}
+
+impl ImageDir {
+    pub fn new(path: impl Into<PathBuf>) -> ImageDir {
+        ImageDir { path: path.into() }
+    }
+
+    pub fn file(&self, name: &str) -> PathBuf {
+        self.path.join(name)
+    }
+
+    /// Checks the directory exists and holds a checkpoint whose inventory parses.
+    pub fn validate(&self) -> Result<(), ImageError> {
+        let meta = fs::metadata(&self.path).map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound => ImageError::Missing(self.path.clone()),
+            _ => ImageError::Io { path: self.path.clone(), source: e },
+        })?;
+        if !meta.is_dir() {
+            return Err(ImageError::NotADirectory(self.path.clone()));
+        }
+        let inv = self.file("inventory.img");
+        if !inv.exists() {
+            return Err(ImageError::Empty(self.path.clone()));
+        }
+        self.inventory()?;
+        self.tree()?;
+        // Truncated page data is the other common corruption: pagemap says how
+        // many pages there must be.
+        self.check_pages()?;
+        Ok(())
+    }
+
+    fn read_entries<M: Message + Default>(&self, name: &str) -> Result<Vec<M>, ImageError> {
+        let path = self.file(name);
+        let data = fs::read(&path).map_err(|source| ImageError::Io { path: path.clone(), source })?;
+        let (_, _, raw) = split_entries(&data).map_err(|what| ImageError::Corrupt { path: path.clone(), what })?;
+        raw.into_iter()
+            .map(|e| M::decode(e).map_err(|err| ImageError::Corrupt { path: path.clone(), what: err.to_string() }))
+            .collect()
+    }
+
+    /// inventory.img.
+    pub fn inventory(&self) -> Result<proto::InventoryEntry, ImageError> {
+        let path = self.file("inventory.img");
+        let data = fs::read(&path).map_err(|source| ImageError::Io { path: path.clone(), source })?;
+        let (_, magic, raw) = split_entries(&data).map_err(|what| ImageError::Corrupt { path: path.clone(), what })?;
+        if magic != INVENTORY_MAGIC {
+            return Err(ImageError::Corrupt { path, what: format!("type magic {magic:#x} is not the inventory's") });
+        }
+        let first = raw.first().ok_or_else(|| ImageError::Corrupt { path: path.clone(), what: "no entry".into() })?;
+        proto::InventoryEntry::decode(*first).map_err(|e| ImageError::Corrupt { path, what: e.to_string() })
+    }
+
+    /// The dumped process tree (pstree.img).
+    pub fn tree(&self) -> Result<Vec<TreeEntry>, ImageError> {
+        let entries: Vec<proto::PstreeEntry> = self.read_entries("pstree.img")?;
+        if entries.is_empty() {
+            return Err(ImageError::Corrupt { path: self.file("pstree.img"), what: "no process".into() });
+        }
+        Ok(entries
+            .into_iter()
+            .map(|e| TreeEntry { pid: e.pid, ppid: e.ppid, pgid: e.pgid, sid: e.sid, threads: e.threads.len() })
+            .collect())
+    }
+
+    /// Regular files the image references (files.img).
+    pub fn files(&self) -> Result<Vec<ImageFile>, ImageError> {
+        let entries: Vec<proto::FileEntry> = self.read_entries("files.img")?;
+        Ok(entries
+            .into_iter()
+            .filter_map(|e| e.reg)
+            .map(|r| ImageFile { path: r.name, size: r.size, mode: r.mode, build_id: r.build_id })
+            .collect())
+    }
+
+    /// Counts of fd kinds in files.img (type number → count), for inspect.
+    pub fn file_kinds(&self) -> Result<std::collections::BTreeMap<&'static str, usize>, ImageError> {
+        let entries: Vec<proto::FileEntry> = self.read_entries("files.img")?;
+        let mut m = std::collections::BTreeMap::new();
+        for e in entries {
+            let kind = match e.r#type {
+                1 => "regular",
+                2 => "pipe",
+                3 => "fifo",
+                4 => "inet-socket",
+                5 => "unix-socket",
+                6 => "eventfd",
+                7 => "eventpoll",
+                8 => "inotify",
+                9 => "signalfd",
+                10 => "packet-socket",
+                11 => "tun",
+                12 => "timerfd",
+                14 => "netlink-socket",
+                15 => "ns-file",
+                17 => "tty",
+                _ => "other",
+            };
+            *m.entry(kind).or_insert(0) += 1;
+        }
+        Ok(m)
+    }
+
+    /// Bytes of memory pages in the image (all pages-*.img).
+    pub fn page_bytes(&self) -> Result<u64, ImageError> {
+        let mut total = 0;
+        for entry in fs::read_dir(&self.path).map_err(|source| ImageError::Io { path: self.path.clone(), source })? {
+            let entry = entry.map_err(|source| ImageError::Io { path: self.path.clone(), source })?;
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with("pages-") && name.ends_with(".img") {
+                total += entry.metadata().map(|m| m.len()).unwrap_or(0);
+            }
+        }
+        Ok(total)
+    }
+
+    /// Total size of the CRIU images (not logs or cns metadata).
+    pub fn image_bytes(&self) -> Result<u64, ImageError> {
+        let mut total = 0;
+        for entry in fs::read_dir(&self.path).map_err(|source| ImageError::Io { path: self.path.clone(), source })? {
+            let entry = entry.map_err(|source| ImageError::Io { path: self.path.clone(), source })?;
+            if entry.file_name().to_string_lossy().ends_with(".img") {
+                total += entry.metadata().map(|m| m.len()).unwrap_or(0);
+            }
+        }
+        Ok(total)
+    }
+
+    /// Checks every pagemap's page count against its pages file.
+    fn check_pages(&self) -> Result<(), ImageError> {
+        let rd = fs::read_dir(&self.path).map_err(|source| ImageError::Io { path: self.path.clone(), source })?;
+        for entry in rd.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(id) = name.strip_prefix("pagemap-").and_then(|s| s.strip_suffix(".img")) else { continue };
+            let path = entry.path();
+            let data = fs::read(&path).map_err(|source| ImageError::Io { path: path.clone(), source })?;
+            let (_, _, raw) = split_entries(&data).map_err(|what| ImageError::Corrupt { path: path.clone(), what })?;
+            // First entry is pagemap_head {pages_id = 1}; the rest pagemap_entry
+            // {vaddr = 1, nr_pages = 2, flags = 4}.
+            let mut pages_id = None;
+            let mut pages = 0u64;
+            for (i, e) in raw.iter().enumerate() {
+                let fields = decode_varint_fields(e);
+                if i == 0 {
+                    pages_id = fields.iter().find(|(f, _)| *f == 1).map(|(_, v)| *v);
+                } else {
+                    let nr = fields.iter().find(|(f, _)| *f == 2).map_or(0, |(_, v)| *v);
+                    let flags = fields.iter().find(|(f, _)| *f == 4).map_or(0, |(_, v)| *v);
+                    // PE_PRESENT (4) pages are in the pages file; lazy/parent ones are not.
+                    if flags & 4 != 0 || flags == 0 {
+                        pages += nr;
+                    }
+                }
+            }
+            let pages_name = match pages_id {
+                Some(pid) => format!("pages-{pid}.img"),
+                None => format!("pages-{id}.img"),
+            };
+            let pages_path = self.file(&pages_name);
+            let have = fs::metadata(&pages_path).map(|m| m.len()).unwrap_or(0);
+            let want = pages * page_size();
+            if have < want {
+                return Err(ImageError::Corrupt {
+                    path: pages_path,
+                    what: format!("holds {have} bytes but {name} lists {want}: truncated"),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads stats-dump.img.
+    pub fn dump_stats(&self) -> Result<DumpStats, ImageError> {
+        let entries: Vec<proto::StatsEntry> = self.read_entries("stats-dump")?;
+        let d = entries.into_iter().find_map(|e| e.dump).unwrap_or_default();
+        Ok(DumpStats {
+            freezing_time_us: d.freezing_time.into(),
+            frozen_time_us: d.frozen_time.into(),
+            memdump_time_us: d.memdump_time.into(),
+            memwrite_time_us: d.memwrite_time.into(),
+            pages_scanned: d.pages_scanned,
+            pages_written: d.pages_written,
+            image_bytes: self.image_bytes()?,
+        })
+    }
+
+    /// Reads stats-restore.img.
+    pub fn restore_stats(&self) -> Result<RestoreStats, ImageError> {
+        let entries: Vec<proto::StatsEntry> = self.read_entries("stats-restore")?;
+        let r = entries.into_iter().find_map(|e| e.restore).unwrap_or_default();
+        Ok(RestoreStats {
+            forking_time_us: r.forking_time.into(),
+            restore_time_us: r.restore_time.into(),
+            pages_restored: r.pages_restored.unwrap_or(0),
+            pages_compared: r.pages_compared,
+        })
+    }
+}
+
+/// The system page size.
+pub fn page_size() -> u64 {
+    nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE).ok().flatten().map_or(4096, |v| v as u64)
+}
+
+/// Decodes the varint fields of a flat protobuf message (field number, value);
+/// other wire types are skipped. Enough for pagemap entries.
+fn decode_varint_fields(mut b: &[u8]) -> Vec<(u32, u64)> {
+    fn varint(b: &mut &[u8]) -> Option<u64> {
+        let mut v = 0u64;
+        for shift in (0..64).step_by(7) {
+            let (&byte, rest) = b.split_first()?;
+            *b = rest;
+            v |= u64::from(byte & 0x7f) << shift;
+            if byte & 0x80 == 0 {
+                return Some(v);
+            }
+        }
+        None
+    }
+    let mut out = Vec::new();
+    while !b.is_empty() {
+        let Some(key) = varint(&mut b) else { break };
+        let (field, wire) = ((key >> 3) as u32, key & 7);
+        match wire {
+            0 => match varint(&mut b) {
+                Some(v) => out.push((field, v)),
+                None => break,
+            },
+            1 => b = b.get(8..).unwrap_or_default(),
+            5 => b = b.get(4..).unwrap_or_default(),
+            2 => {
+                let Some(len) = varint(&mut b) else { break };
+                b = b.get(len as usize..).unwrap_or_default();
+            }
+            _ => break,
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn image(magic: u32, ty: u32, entries: &[&[u8]]) -> Vec<u8> {
+        let mut v = Vec::new();
+        v.extend_from_slice(&magic.to_le_bytes());
+        v.extend_from_slice(&ty.to_le_bytes());
+        for e in entries {
+            v.extend_from_slice(&(e.len() as u32).to_le_bytes());
+            v.extend_from_slice(e);
+        }
+        v
+    }
+
+    #[test]
+    fn splits_entries() {
+        let data = image(IMG_COMMON_MAGIC, INVENTORY_MAGIC, &[b"ab", b"", b"xyz"]);
+        let (m, t, e) = split_entries(&data).expect("split");
+        assert_eq!((m, t), (IMG_COMMON_MAGIC, INVENTORY_MAGIC));
+        assert_eq!(e, vec![&b"ab"[..], &b""[..], &b"xyz"[..]]);
+    }
+
+    #[test]
+    fn rejects_bad_magic_and_truncation() {
+        assert!(split_entries(&image(0x1234, 1, &[])).is_err());
+        let mut data = image(IMG_SERVICE_MAGIC, 1, &[b"abcdef"]);
+        data.truncate(data.len() - 2);
+        assert!(split_entries(&data).expect_err("truncated").contains("ends first"));
+        assert!(split_entries(&[1, 2, 3]).is_err());
+    }
+
+    #[test]
+    fn decodes_pagemap_fields() {
+        // vaddr=1 (field 1), nr_pages=3 (field 2), flags=4 (field 4)
+        let msg = [0x08, 0x01, 0x10, 0x03, 0x20, 0x04];
+        assert_eq!(decode_varint_fields(&msg), vec![(1, 1), (2, 3), (4, 4)]);
+    }
+
+    #[test]
+    fn stats_round_trip_through_prost() {
+        let s = proto::StatsEntry {
+            dump: Some(proto::DumpStatsEntry { freezing_time: 7, pages_written: 9, ..Default::default() }),
+            restore: None,
+        };
+        let buf = s.encode_to_vec();
+        let data = image(IMG_SERVICE_MAGIC, 0x5709_3306, &[&buf]);
+        let (_, _, e) = split_entries(&data).expect("split");
+        let back = proto::StatsEntry::decode(e[0]).expect("decode");
+        assert_eq!(back.dump.map(|d| (d.freezing_time, d.pages_written)), Some((7, 9)));
+    }
+}

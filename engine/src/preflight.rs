@@ -1,0 +1,1 @@
+//! Pre-flight (filled in below).

@@ -1,0 +1,329 @@
+//! `criu swrk` over CRIU's protobuf RPC.
+//!
+//! One swrk process per operation (CRIU refuses `keep_open` for
+//! CHECK/DUMP/RESTORE). Directories travel as fds open in this process: CRIU
+//! reads them through `/proc/<peer>/fd/<n>` (the `images_dir` string form fails
+//! under swrk). fds named in `inherit_fd` must be in CRIU's own fd table, so
+//! they are inherited across the exec at the same number.
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use nix::sys::socket::{self, AddressFamily, MsgFlags, SockFlag, SockType};
+use prost::Message;
+
+use crate::proto::{
+    CriuCgMode, CriuNetworkLockMethod, CriuOpts, CriuReq, CriuReqType, CriuResp, CriuVersion, InheritFd,
+};
+
+/// CRIU log verbosity cns asks for (CRIU's -v4): the log is what explains a failure.
+pub const LOG_LEVEL: i32 = 4;
+
+/// Failures talking to CRIU.
+#[derive(Debug, thiserror::Error)]
+pub enum RpcError {
+    #[error("cannot create the CRIU socketpair: {0}")]
+    Socket(#[source] nix::Error),
+    #[error("cannot start {path} swrk: {source}")]
+    Spawn { path: PathBuf, source: io::Error },
+    #[error("cannot send the {op} request to CRIU: {source}")]
+    Send { op: &'static str, source: nix::Error },
+    #[error("cannot read CRIU's answer to {op}: {source}")]
+    Recv { op: &'static str, source: nix::Error },
+    #[error("CRIU closed the connection during {op} (it exited{status})")]
+    Closed { op: &'static str, status: String },
+    #[error("cannot decode CRIU's answer to {op}: {source}")]
+    Decode { op: &'static str, source: prost::DecodeError },
+    #[error("CRIU {op} failed{}{}", errno_text(*.errno), errmsg_text(.errmsg))]
+    Failed { op: &'static str, errno: Option<i32>, errmsg: Option<String> },
+    #[error("{hook} step failed: {message}")]
+    Hook { hook: String, message: String },
+    #[error("unexpected answer from CRIU to {op}: {what}")]
+    Protocol { op: &'static str, what: String },
+}
+
+fn errno_text(errno: Option<i32>) -> String {
+    match errno {
+        Some(e) if e != 0 => format!(" ({})", nix::errno::Errno::from_raw(e).desc()),
+        _ => String::new(),
+    }
+}
+
+fn errmsg_text(msg: &Option<String>) -> String {
+    match msg {
+        Some(m) if !m.is_empty() => format!(": {m}"),
+        _ => String::new(),
+    }
+}
+
+/// One notify callback from CRIU (`notify_scripts`).
+#[derive(Debug, Clone)]
+pub struct Notify {
+    /// CRIU's name of the step: `pre-dump`, `post-dump`, `network-lock`,
+    /// `network-unlock`, `setup-namespaces`, `post-setup-namespaces`,
+    /// `pre-restore`, `post-restore`, `pre-resume`, `post-resume`, ...
+    pub script: String,
+    /// The pid CRIU reports with it (the restored root for restore steps).
+    pub pid: Option<i32>,
+}
+
+/// What the notify handler wants CRIU to do next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NotifyAction {
+    Continue,
+    /// Abort the operation: CRIU rolls back (a dump leaves the tree running).
+    Abort(String),
+}
+
+/// A dump over RPC.
+#[derive(Debug, Default)]
+pub struct DumpRequest<'a> {
+    /// Host pid of the tree root.
+    pub pid: i32,
+    pub images_dir: Option<BorrowedFd<'a>>,
+    pub work_dir: Option<BorrowedFd<'a>>,
+    /// Log file name, relative to the work dir.
+    pub log_file: String,
+    pub leave_running: bool,
+    pub tcp_established: bool,
+    pub ext_unix_sk: bool,
+    pub file_locks: bool,
+    pub shell_job: bool,
+    pub link_remap: bool,
+    /// CRIU `--external` entries.
+    pub external: Vec<String>,
+    /// Ask for notify callbacks (the handler passed to [`Swrk::dump`]).
+    pub notify: bool,
+}
+
+/// A restore over RPC.
+#[derive(Debug, Default)]
+pub struct RestoreRequest<'a> {
+    pub images_dir: Option<BorrowedFd<'a>>,
+    pub work_dir: Option<BorrowedFd<'a>>,
+    pub log_file: String,
+    pub tcp_established: bool,
+    pub ext_unix_sk: bool,
+    pub file_locks: bool,
+    pub shell_job: bool,
+    pub link_remap: bool,
+    /// Restore the root as a child of the calling process (CRIU `rst_sibling`),
+    /// so the caller can wait for it.
+    pub sibling: bool,
+    pub external: Vec<String>,
+    /// (key, fd) pairs: CRIU gives the restored tree `fd` wherever the image
+    /// had a file whose path (without the leading `/`) is `key`.
+    pub inherit_fd: Vec<(String, BorrowedFd<'a>)>,
+    pub notify: bool,
+}
+
+/// A `criu swrk` connection for one operation.
+#[derive(Debug)]
+pub struct Swrk {
+    child: Child,
+    sock: OwnedFd,
+}
+
+impl Swrk {
+    /// Starts `criu swrk`, handing it `inherit` at their own fd numbers.
+    /// CRIU's stderr goes to `stderr` (a file in the work dir) when given.
+    pub fn start(criu: &Path, inherit: &[RawFd], stderr: Option<std::fs::File>) -> Result<Swrk, RpcError> {
+        let (ours, theirs) = socket::socketpair(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )
+        .map_err(RpcError::Socket)?;
+        let theirs_raw = theirs.as_raw_fd();
+        let mut keep: Vec<RawFd> = inherit.to_vec();
+        keep.push(theirs_raw);
+        let mut cmd = Command::new(criu);
+        cmd.arg("swrk").arg(theirs_raw.to_string()).stdin(Stdio::null()).stdout(Stdio::null());
+        match stderr {
+            Some(f) => cmd.stderr(f),
+            None => cmd.stderr(Stdio::null()),
+        };
+        // SAFETY: the closure only calls fcntl(2), which is async-signal-safe,
+        // on fds that stay open in the parent until the child has exec'd.
+        unsafe {
+            cmd.pre_exec(move || {
+                for &fd in &keep {
+                    if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
+                        return Err(io::Error::last_os_error());
+                    }
+                }
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().map_err(|source| RpcError::Spawn { path: criu.to_path_buf(), source })?;
+        drop(theirs);
+        Ok(Swrk { child, sock: ours })
+    }
+
+    /// PID of the swrk process.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn send(&self, op: &'static str, req: &CriuReq) -> Result<(), RpcError> {
+        let buf = req.encode_to_vec();
+        socket::send(self.sock.as_raw_fd(), &buf, MsgFlags::MSG_NOSIGNAL)
+            .map_err(|source| RpcError::Send { op, source })?;
+        Ok(())
+    }
+
+    fn recv(&mut self, op: &'static str) -> Result<CriuResp, RpcError> {
+        let mut buf = vec![0u8; 1 << 16];
+        let n = loop {
+            match socket::recv(self.sock.as_raw_fd(), &mut buf, MsgFlags::empty()) {
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(source) => return Err(RpcError::Recv { op, source }),
+                Ok(n) => break n,
+            }
+        };
+        if n == 0 {
+            let status = match self.child.wait() {
+                Ok(s) => format!(" with {s}"),
+                Err(_) => String::new(),
+            };
+            return Err(RpcError::Closed { op, status });
+        }
+        CriuResp::decode(&buf[..n]).map_err(|source| RpcError::Decode { op, source })
+    }
+
+    /// Sends `req` and serves notify callbacks until the final answer.
+    fn call(
+        mut self,
+        op: &'static str,
+        req: CriuReq,
+        on_notify: &mut dyn FnMut(&Notify) -> NotifyAction,
+    ) -> Result<CriuResp, RpcError> {
+        self.send(op, &req)?;
+        let mut hook_error: Option<RpcError> = None;
+        let resp = loop {
+            let resp = self.recv(op)?;
+            if resp.r#type() == CriuReqType::Notify {
+                let n = resp.notify.clone().unwrap_or_default();
+                let notify = Notify { script: n.script.unwrap_or_default(), pid: n.pid };
+                tracing::debug!(step = %notify.script, pid = ?notify.pid, "criu notify");
+                let action = on_notify(&notify);
+                let ok = match action {
+                    NotifyAction::Continue => true,
+                    NotifyAction::Abort(message) => {
+                        hook_error = Some(RpcError::Hook { hook: notify.script.clone(), message });
+                        false
+                    }
+                };
+                let reply = CriuReq {
+                    r#type: CriuReqType::Notify as i32,
+                    notify_success: Some(ok),
+                    ..Default::default()
+                };
+                self.send(op, &reply)?;
+                continue;
+            }
+            break resp;
+        };
+        let _ = self.child.wait();
+        if let Some(e) = hook_error {
+            return Err(e);
+        }
+        if !resp.success {
+            return Err(RpcError::Failed { op, errno: resp.cr_errno, errmsg: resp.cr_errmsg.clone() });
+        }
+        Ok(resp)
+    }
+
+    /// Asks CRIU for its version.
+    pub fn version(self) -> Result<CriuVersion, RpcError> {
+        let req = CriuReq { r#type: CriuReqType::Version as i32, ..Default::default() };
+        let resp = self.call("VERSION", req, &mut |_| NotifyAction::Continue)?;
+        resp.version.ok_or(RpcError::Protocol { op: "VERSION", what: "no version in the answer".into() })
+    }
+
+    /// CRIU's own kernel check (`criu check`).
+    pub fn check(self, work_dir: Option<BorrowedFd<'_>>, log_file: &str) -> Result<(), RpcError> {
+        let opts = CriuOpts {
+            images_dir_fd: -1,
+            work_dir_fd: work_dir.map(|f| f.as_raw_fd()),
+            log_file: Some(log_file.to_string()),
+            log_level: Some(LOG_LEVEL),
+            ..Default::default()
+        };
+        let req = CriuReq { r#type: CriuReqType::Check as i32, opts: Some(opts), ..Default::default() };
+        self.call("CHECK", req, &mut |_| NotifyAction::Continue).map(|_| ())
+    }
+
+    /// Dumps a tree. Returns whether CRIU reports it `restored` (never, for cns).
+    pub fn dump(
+        self,
+        r: &DumpRequest<'_>,
+        on_notify: &mut dyn FnMut(&Notify) -> NotifyAction,
+    ) -> Result<(), RpcError> {
+        let opts = CriuOpts {
+            images_dir_fd: r.images_dir.map_or(-1, |f| f.as_raw_fd()),
+            pid: Some(r.pid),
+            leave_running: Some(r.leave_running),
+            tcp_established: Some(r.tcp_established),
+            ext_unix_sk: Some(r.ext_unix_sk),
+            file_locks: Some(r.file_locks),
+            shell_job: Some(r.shell_job),
+            link_remap: Some(r.link_remap),
+            log_level: Some(LOG_LEVEL),
+            log_file: Some(r.log_file.clone()),
+            work_dir_fd: r.work_dir.map(|f| f.as_raw_fd()),
+            notify_scripts: Some(r.notify),
+            external: r.external.clone(),
+            network_lock: Some(CriuNetworkLockMethod::Nftables as i32),
+            manage_cgroups_mode: Some(CriuCgMode::Ignore as i32),
+            ..Default::default()
+        };
+        let req = CriuReq { r#type: CriuReqType::Dump as i32, opts: Some(opts), ..Default::default() };
+        self.call("DUMP", req, on_notify).map(|_| ())
+    }
+
+    /// Restores a tree; returns the host pid of the restored root.
+    pub fn restore(
+        self,
+        r: &RestoreRequest<'_>,
+        on_notify: &mut dyn FnMut(&Notify) -> NotifyAction,
+    ) -> Result<i32, RpcError> {
+        let opts = CriuOpts {
+            images_dir_fd: r.images_dir.map_or(-1, |f| f.as_raw_fd()),
+            tcp_established: Some(r.tcp_established),
+            ext_unix_sk: Some(r.ext_unix_sk),
+            file_locks: Some(r.file_locks),
+            shell_job: Some(r.shell_job),
+            link_remap: Some(r.link_remap),
+            log_level: Some(LOG_LEVEL),
+            log_file: Some(r.log_file.clone()),
+            work_dir_fd: r.work_dir.map(|f| f.as_raw_fd()),
+            notify_scripts: Some(r.notify),
+            root: Some("/".into()),
+            rst_sibling: Some(r.sibling),
+            inherit_fd: r
+                .inherit_fd
+                .iter()
+                .map(|(key, fd)| InheritFd { key: key.clone(), fd: fd.as_raw_fd() })
+                .collect(),
+            external: r.external.clone(),
+            network_lock: Some(CriuNetworkLockMethod::Nftables as i32),
+            manage_cgroups_mode: Some(CriuCgMode::Ignore as i32),
+            ..Default::default()
+        };
+        let req = CriuReq { r#type: CriuReqType::Restore as i32, opts: Some(opts), ..Default::default() };
+        let resp = self.call("RESTORE", req, on_notify)?;
+        resp.restore
+            .map(|r| r.pid)
+            .ok_or(RpcError::Protocol { op: "RESTORE", what: "no pid in the answer".into() })
+    }
+}
+
+/// Raw fds of `inherit` entries, for [`Swrk::start`].
+pub fn raw_fds<'a>(fds: impl IntoIterator<Item = &'a BorrowedFd<'a>>) -> Vec<RawFd> {
+    fds.into_iter().map(|f| f.as_fd().as_raw_fd()).collect()
+}

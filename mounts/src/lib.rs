@@ -1,0 +1,210 @@
+//! Mount namespace setup for cns workloads.
+//!
+//! Called inside the workload's fresh mount namespace, in this order
+//! ([`prepare_namespace`]):
+//! 1. make every mount private, recursively, so nothing propagates back to
+//!    the host and CRIU sees no shared peers outside the tree;
+//! 2. unmount host `nsfs` mounts (left by `ip netns add` under /run/netns):
+//!    CRIU cannot restore a mount whose root is a namespace file;
+//! 3. mount a fresh /proc for the new pid namespace;
+//! 4. mount a fresh, private tmpfs on /dev/shm (the host's would be dumped
+//!    with its contents).
+
+use std::path::{Path, PathBuf};
+
+use nix::mount::{MntFlags, MsFlags, mount, umount2};
+
+/// One failed mount step.
+#[derive(Debug, thiserror::Error)]
+pub enum MountError {
+    #[error("making mount propagation private (mount --make-rprivate /) failed: {0}")]
+    MakePrivate(#[source] nix::Error),
+    #[error("unmounting host nsfs mount {path} failed: {source}")]
+    UnmountNsfs { path: PathBuf, source: nix::Error },
+    #[error("mounting a fresh /proc failed: {0}")]
+    Proc(#[source] nix::Error),
+    #[error("mounting a private tmpfs on {path} failed: {source}")]
+    Tmpfs { path: PathBuf, source: nix::Error },
+    #[error("reading {path} failed: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+}
+
+impl MountError {
+    /// The errno behind the failure, when there is one.
+    pub fn errno(&self) -> Option<nix::Error> {
+        match self {
+            MountError::MakePrivate(e) | MountError::Proc(e) => Some(*e),
+            MountError::UnmountNsfs { source, .. } | MountError::Tmpfs { source, .. } => Some(*source),
+            MountError::Read { .. } => None,
+        }
+    }
+
+    /// What to do about it.
+    pub fn hint(&self) -> &'static str {
+        match self.errno() {
+            Some(nix::Error::EPERM) => "cns needs root (CAP_SYS_ADMIN) to set up a mount namespace",
+            Some(nix::Error::EBUSY) => "something in the namespace keeps the mount busy",
+            _ => "check `dmesg` for the kernel's reason",
+        }
+    }
+}
+
+/// One line of /proc/PID/mountinfo.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct MountInfo {
+    pub id: u32,
+    pub parent: u32,
+    /// Root of the mount within its filesystem.
+    pub root: String,
+    pub mount_point: String,
+    pub fs_type: String,
+    pub source: String,
+    /// Optional fields such as `shared:1`, `master:2`.
+    pub propagation: Vec<String>,
+}
+
+impl MountInfo {
+    /// Whether the mount has shared propagation.
+    pub fn is_shared(&self) -> bool {
+        self.propagation.iter().any(|p| p.starts_with("shared:"))
+    }
+}
+
+/// Undoes the octal escapes mountinfo uses for space, tab, newline, backslash.
+fn unescape(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
+            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
+            out.push(v);
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Parses mountinfo text (pure; unit-tested). Malformed lines are skipped.
+pub fn parse_mountinfo(text: &str) -> Vec<MountInfo> {
+    text.lines().filter_map(parse_line).collect()
+}
+
+fn parse_line(line: &str) -> Option<MountInfo> {
+    let (left, right) = line.split_once(" - ")?;
+    let mut l = left.split(' ');
+    let id = l.next()?.parse().ok()?;
+    let parent = l.next()?.parse().ok()?;
+    let _dev = l.next()?;
+    let root = unescape(l.next()?);
+    let mount_point = unescape(l.next()?);
+    let _opts = l.next()?;
+    let propagation = l.map(str::to_string).collect();
+    let mut r = right.split(' ');
+    let fs_type = r.next()?.to_string();
+    let source = unescape(r.next().unwrap_or(""));
+    Some(MountInfo { id, parent, root, mount_point, fs_type, source, propagation })
+}
+
+/// Reads the mount table of `pid` ("self" for the caller).
+pub fn read_mountinfo(pid: &str) -> Result<Vec<MountInfo>, MountError> {
+    let path = PathBuf::from(format!("/proc/{pid}/mountinfo"));
+    let text = std::fs::read_to_string(&path).map_err(|source| MountError::Read { path, source })?;
+    Ok(parse_mountinfo(&text))
+}
+
+/// Mount points of nsfs mounts, deepest first (so stacked ones unmount cleanly).
+pub fn nsfs_mounts(mounts: &[MountInfo]) -> Vec<String> {
+    let mut v: Vec<String> = mounts.iter().filter(|m| m.fs_type == "nsfs").map(|m| m.mount_point.clone()).collect();
+    v.sort_by_key(|p| std::cmp::Reverse(p.matches('/').count()));
+    v.dedup();
+    v
+}
+
+/// `mount --make-rprivate /`.
+pub fn make_rprivate() -> Result<(), MountError> {
+    mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
+        .map_err(MountError::MakePrivate)
+}
+
+/// Unmounts every nsfs mount in the current mount namespace.
+pub fn unmount_nsfs() -> Result<usize, MountError> {
+    let mounts = read_mountinfo("self")?;
+    let targets = nsfs_mounts(&mounts);
+    for t in &targets {
+        match umount2(Path::new(t), MntFlags::MNT_DETACH) {
+            Ok(()) | Err(nix::Error::EINVAL) | Err(nix::Error::ENOENT) => {}
+            Err(source) => return Err(MountError::UnmountNsfs { path: t.into(), source }),
+        }
+    }
+    Ok(targets.len())
+}
+
+/// Mounts a fresh procfs on /proc (for the caller's pid namespace).
+pub fn mount_proc() -> Result<(), MountError> {
+    let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    mount(Some("proc"), "/proc", Some("proc"), flags, None::<&str>).map_err(MountError::Proc)
+}
+
+/// Mounts a private tmpfs at `path` (mode 1777), if `path` is a directory.
+pub fn mount_private_tmpfs(path: &Path, size: &str) -> Result<bool, MountError> {
+    if !path.is_dir() {
+        return Ok(false);
+    }
+    let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+    let data = format!("mode=1777,size={size}");
+    mount(Some("shm"), path, Some("tmpfs"), flags, Some(data.as_str()))
+        .map_err(|source| MountError::Tmpfs { path: path.to_path_buf(), source })?;
+    Ok(true)
+}
+
+/// The whole mount-namespace preparation, in order. Must run inside a fresh
+/// mount namespace (and pid namespace, for /proc).
+pub fn prepare_namespace() -> Result<(), MountError> {
+    make_rprivate()?;
+    let n = unmount_nsfs()?;
+    tracing::debug!(unmounted = n, "host nsfs mounts removed");
+    mount_proc()?;
+    mount_private_tmpfs(Path::new("/dev/shm"), "64m")?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SAMPLE: &str = "\
+22 27 0:21 / /proc rw,relatime - proc proc rw
+25 24 0:23 / /dev/shm rw,relatime shared:5 - tmpfs tmpfs rw,size=24683656k
+27 1 254:0 / / rw,relatime shared:1 - ext4 /dev/vda rw
+90 27 0:4 net:[4026532999] /run/netns/x rw shared:7 - nsfs nsfs rw
+91 90 0:4 net:[4026533000] /run/netns/x/y rw - nsfs nsfs rw
+92 27 0:50 / /mnt/with\\040space rw - tmpfs none rw
+";
+
+    #[test]
+    fn parses_mountinfo() {
+        let m = parse_mountinfo(SAMPLE);
+        assert_eq!(m.len(), 6);
+        assert_eq!(m[2].mount_point, "/");
+        assert!(m[2].is_shared());
+        assert!(!m[0].is_shared());
+        assert_eq!(m[3].fs_type, "nsfs");
+        assert_eq!(m[3].root, "net:[4026532999]");
+        assert_eq!(m[5].mount_point, "/mnt/with space");
+    }
+
+    #[test]
+    fn nsfs_deepest_first() {
+        let m = parse_mountinfo(SAMPLE);
+        assert_eq!(nsfs_mounts(&m), vec!["/run/netns/x/y".to_string(), "/run/netns/x".to_string()]);
+    }
+
+    #[test]
+    fn skips_garbage() {
+        assert!(parse_mountinfo("garbage\n1 2\n").is_empty());
+    }
+}

@@ -1,0 +1,91 @@
+//! Network namespaces and veth pairs for cns, over rtnetlink (no `ip` binary).
+//!
+//! - [`Netlink`]: a small synchronous rtnetlink client bound to one network
+//!   namespace (the caller's, or another process's via [`Netlink::for_pid`]).
+//! - [`lease`]: the address pool and its leases (one /30 per workload).
+//! - [`host_veth_name`]: the stable host-side interface name of a workload.
+
+pub mod lease;
+mod netlink;
+
+pub use lease::{Lease, LeaseError, LeaseStore, Pool};
+pub use netlink::{NetError, Netlink};
+
+use std::net::Ipv4Addr;
+
+/// Linux's interface name limit, without the trailing NUL.
+pub const IFNAMSIZ: usize = 15;
+
+/// Host-side veth name for a workload: `cns-<name>`, or when that does not
+/// fit in IFNAMSIZ, a prefix of it and a stable 6-hex-digit hash of the name.
+pub fn host_veth_name(name: &str) -> String {
+    let full = format!("cns-{name}");
+    if full.len() <= IFNAMSIZ {
+        return full;
+    }
+    // FNV-1a: stable across builds and platforms.
+    let mut h: u32 = 0x811c_9dc5;
+    for b in name.bytes() {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    let hash = format!("{:06x}", h & 0x00ff_ffff);
+    let keep = IFNAMSIZ - hash.len() - 1;
+    format!("{}-{hash}", &full[..keep])
+}
+
+/// The inner interface name of every workload.
+pub const INNER_IF: &str = "eth0";
+
+/// Addresses of one workload's link: the host end and the workload end of a /30.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LinkAddrs {
+    pub host: Ipv4Addr,
+    pub inner: Ipv4Addr,
+    pub prefix: u8,
+}
+
+/// Sets up the host end of a workload's veth: address, up.
+pub fn configure_host_end(nl: &Netlink, host_if: &str, addrs: &LinkAddrs) -> Result<(), NetError> {
+    let idx = nl.link_index(host_if)?.ok_or_else(|| NetError::NoSuchLink(host_if.to_string()))?;
+    nl.replace_address(idx, addrs.host, addrs.prefix)?;
+    nl.set_up(idx)?;
+    Ok(())
+}
+
+/// Inside the workload's namespace: `lo` up, and when given, eth0 with its
+/// address and a default route through the host end.
+pub fn configure_inside(nl: &Netlink, addrs: Option<&LinkAddrs>) -> Result<(), NetError> {
+    let lo = nl.link_index("lo")?.ok_or_else(|| NetError::NoSuchLink("lo".into()))?;
+    nl.set_up(lo)?;
+    if let Some(a) = addrs {
+        let eth = nl.link_index(INNER_IF)?.ok_or_else(|| NetError::NoSuchLink(INNER_IF.into()))?;
+        nl.flush_addresses(eth)?;
+        nl.replace_address(eth, a.inner, a.prefix)?;
+        nl.set_up(eth)?;
+        nl.replace_default_route(a.host)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_names_are_kept() {
+        assert_eq!(host_veth_name("web"), "cns-web");
+        assert_eq!(host_veth_name("abcdefghijk"), "cns-abcdefghijk");
+    }
+
+    #[test]
+    fn long_names_fit_and_stay_distinct() {
+        let a = host_veth_name("a-very-long-workload-name-1");
+        let b = host_veth_name("a-very-long-workload-name-2");
+        assert!(a.len() <= IFNAMSIZ, "{a}");
+        assert!(b.len() <= IFNAMSIZ);
+        assert_ne!(a, b);
+        assert!(a.starts_with("cns-a-very"));
+        assert_eq!(a, host_veth_name("a-very-long-workload-name-1"));
+    }
+}
