@@ -1,5 +1,620 @@
-//! `cns dump` and `cns restore`.
-use crate::Ctx;
-use crate::cli::{DumpArgs, RestoreArgs};
-pub fn dump(_ctx: &Ctx, _a: DumpArgs) -> anyhow::Result<i32> { anyhow::bail!("todo") }
-pub fn restore(_ctx: &Ctx, _a: RestoreArgs) -> anyhow::Result<i32> { anyhow::bail!("todo") }
+//! `cns dump` and `cns restore`: CRIU over swrk RPC, restored into new
+//! namespaces.
+
+use std::fs;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use cns_engine::preflight::{self, Severity};
+use cns_engine::{DumpRequest, DumpStats, ImageDir, Notify, NotifyAction, RestoreRequest, RestoreStats, Swrk};
+use serde::{Deserialize, Serialize};
+
+use crate::cli::{CriuFlags, DumpArgs, RestoreArgs};
+use crate::monitor::{self, Report};
+use crate::store::{self, State, Workload};
+use crate::{Ctx, bail_hint, network};
+
+/// cns's metadata in an image directory (`cns.json`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Meta {
+    pub workload: Workload,
+    pub cns_version: String,
+    pub criu_version: String,
+    pub kernel: String,
+    pub dumped_at: u64,
+    pub tcp_established: bool,
+    pub file_locks: bool,
+    pub ext_unix_sk: bool,
+    pub shell_job: bool,
+    pub stats: Option<DumpStats>,
+    pub last_restore: Option<RestoreStats>,
+}
+
+pub fn read_meta(dir: &Path) -> anyhow::Result<Meta> {
+    let p = dir.join(cns_engine::image::META_FILE);
+    let text = fs::read_to_string(&p).map_err(|e| {
+        crate::error::hinted(format!("{} is not a cns checkpoint ({}: {e})", dir.display(), p.display()), "dump it with `cns dump`, or import an archive with `cns import`")
+    })?;
+    serde_json::from_str(&text).map_err(|e| crate::error::hinted(format!("{} is corrupt: {e}", p.display()), "dump again"))
+}
+
+fn open_dir(p: &Path) -> anyhow::Result<OwnedFd> {
+    nix::fcntl::open(p, nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC, nix::sys::stat::Mode::empty())
+        .with_context(|| format!("cannot open {}", p.display()))
+}
+
+/// Explains a CRIU failure from its log, one sentence and the fix.
+fn criu_failure(op: &str, err: cns_engine::RpcError, log: &Path) -> anyhow::Error {
+    let text = fs::read_to_string(log).unwrap_or_default();
+    if let Some(e) = cns_engine::explain_log(&text) {
+        return crate::error::hinted(format!("{op} failed: {} (CRIU log: {})", e.message, log.display()), e.hint);
+    }
+    let first = cns_engine::explain::first_error(&text).unwrap_or_else(|| err.to_string());
+    crate::error::hinted(format!("{op} failed: {first}"), format!("see the CRIU log {}", log.display()))
+}
+
+fn criu_stderr(dir: &Path, name: &str) -> Option<fs::File> {
+    fs::File::create(dir.join(name)).ok()
+}
+
+fn fmt_us(us: u64) -> String {
+    format!("{:.1} ms", us as f64 / 1000.0)
+}
+
+pub fn dump(ctx: &Ctx, args: DumpArgs) -> anyhow::Result<i32> {
+    store::validate_name(&args.name)?;
+    if let Some(pid) = args.pid {
+        return adopt::dump_host_tree(ctx, &args, pid);
+    }
+    ctx.require_root()?;
+    let criu = ctx.criu()?;
+    let l = ctx.store.try_lock(&args.name)?;
+    let mut w = l.load()?;
+    let pid = crate::lifecycle::running_pid(&w)?;
+    let images = args.images.clone().unwrap_or_else(|| ctx.images_root().join(&w.name));
+    let mut flags = args.criu.clone();
+    flags.tcp_established |= ctx.config.tcp_established;
+    flags.file_locks |= ctx.config.file_locks;
+    if args.print_criu_cmdline {
+        println!("{}", dump_cmdline(&criu.path, pid, &images, &flags, args.leave_running));
+        return Ok(0);
+    }
+    let parent = images.parent().unwrap_or(Path::new("/")).to_path_buf();
+    store::mkdir_private(&parent).with_context(|| format!("cannot create {}", parent.display()))?;
+    if !args.no_preflight {
+        let needs = preflight::check_dump(pid, flags.shell_job, &parent);
+        for f in &needs.findings {
+            match f.severity {
+                Severity::Blocker => bail_hint!(f.fix.clone(), "cannot dump {}: {} ({})", w.name, f.message, f.object),
+                Severity::Warning if !ctx.quiet => eprintln!("cns: note: {}: {}", f.message, f.fix),
+                _ => {}
+            }
+        }
+        flags.tcp_established |= needs.tcp_established;
+        flags.file_locks |= needs.file_locks;
+    }
+    // Dump into a staging directory: a failed dump never damages the last good checkpoint.
+    let staging = parent.join(format!(".{}.dump-{}", images.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(), std::process::id()));
+    let _ = fs::remove_dir_all(&staging);
+    store::mkdir_private(&staging).with_context(|| format!("cannot create {}", staging.display()))?;
+    let dir = open_dir(&staging)?;
+    let req = DumpRequest {
+        pid,
+        images_dir: Some(dir.as_fd()),
+        work_dir: Some(dir.as_fd()),
+        log_file: cns_engine::image::DUMP_LOG.into(),
+        leave_running: args.leave_running,
+        tcp_established: flags.tcp_established,
+        ext_unix_sk: flags.ext_unix_sk,
+        file_locks: flags.file_locks,
+        shell_job: flags.shell_job,
+        link_remap: false,
+        external: vec![],
+        notify: true,
+    };
+    progress(ctx, &format!("dumping {} (pid {pid})", w.name));
+    let swrk = Swrk::start(&criu.path, &[], criu_stderr(&staging, "criu-stderr.log"))?;
+    let result = swrk.dump(&req, &mut |n: &Notify| {
+        tracing::debug!(step = %n.script, "dump step");
+        NotifyAction::Continue
+    });
+    if let Err(e) = result {
+        let failed_log = parent.join(format!("{}.failed-dump.log", w.name));
+        let _ = fs::rename(staging.join(cns_engine::image::DUMP_LOG), &failed_log);
+        let _ = fs::remove_dir_all(&staging);
+        return Err(criu_failure("dump", e, &failed_log));
+    }
+    let img = ImageDir::new(&staging);
+    let stats = img.dump_stats().ok();
+    let meta = Meta {
+        workload: w.clone(),
+        cns_version: env!("CARGO_PKG_VERSION").into(),
+        criu_version: criu.version.to_string(),
+        kernel: cns_engine::criu::kernel_release(),
+        dumped_at: store::now(),
+        tcp_established: flags.tcp_established,
+        file_locks: flags.file_locks,
+        ext_unix_sk: flags.ext_unix_sk,
+        shell_job: flags.shell_job,
+        stats: stats.clone(),
+        last_restore: None,
+    };
+    store::write_atomic(&staging.join(cns_engine::image::META_FILE), &serde_json::to_vec_pretty(&meta)?, 0o600)?;
+    if images.exists() {
+        fs::remove_dir_all(&images).with_context(|| format!("cannot replace the old checkpoint {}", images.display()))?;
+    }
+    fs::rename(&staging, &images).with_context(|| format!("cannot move the checkpoint to {}", images.display()))?;
+    w.images = Some(images.clone());
+    if !args.leave_running {
+        w.state = State::Dumped;
+        w.pid = None;
+        w.pid_start = None;
+        // The dumped netns goes away asynchronously; its host end would make
+        // an immediate restore under the same name fail with EEXIST.
+        network::delete_host_end(&w.net);
+    }
+    l.save(&w)?;
+    print_dump_stats(ctx, &w.name, &images, stats.as_ref(), args.json);
+    Ok(0)
+}
+
+fn progress(ctx: &Ctx, what: &str) {
+    use std::io::IsTerminal;
+    if !ctx.quiet && std::io::stderr().is_terminal() {
+        eprintln!("cns: {what}...");
+    }
+}
+
+fn print_dump_stats(ctx: &Ctx, name: &str, images: &Path, s: Option<&DumpStats>, json: bool) {
+    if json {
+        let v = serde_json::json!({"name": name, "images": images, "stats": s});
+        println!("{v}");
+        return;
+    }
+    if ctx.quiet {
+        return;
+    }
+    match s {
+        Some(s) => println!(
+            "dumped {name} to {}: freezing {}, frozen {}, memory dump {}, memory write {}, {} pages written, image {:.1} MiB",
+            images.display(),
+            fmt_us(s.freezing_time_us),
+            fmt_us(s.frozen_time_us),
+            fmt_us(s.memdump_time_us),
+            fmt_us(s.memwrite_time_us),
+            s.pages_written,
+            s.image_bytes as f64 / (1 << 20) as f64
+        ),
+        None => println!("dumped {name} to {}", images.display()),
+    }
+}
+
+fn dump_cmdline(criu: &Path, pid: i32, images: &Path, f: &CriuFlags, leave_running: bool) -> String {
+    let mut v = vec![criu.display().to_string(), "dump".into(), "-t".into(), pid.to_string(), "-D".into(), images.display().to_string()];
+    v.extend(["-o", "dump.log", "-v4", "--network-lock", "nftables", "--manage-cgroups=ignore"].map(String::from));
+    flag_args(&mut v, f);
+    if leave_running {
+        v.push("--leave-running".into());
+    }
+    v.join(" ")
+}
+
+fn flag_args(v: &mut Vec<String>, f: &CriuFlags) {
+    for (on, s) in [(f.tcp_established, "--tcp-established"), (f.file_locks, "--file-locks"), (f.ext_unix_sk, "--ext-unix-sk"), (f.shell_job, "--shell-job")] {
+        if on {
+            v.push(s.into());
+        }
+    }
+}
+
+/// The restore plan: everything decided before CRIU starts.
+#[derive(Debug, Clone)]
+struct Plan {
+    new_name: String,
+    images: PathBuf,
+    meta: Meta,
+    flags: CriuFlags,
+    in_place: bool,
+    net: store::NetConfig,
+    log: PathBuf,
+    old_log_key: String,
+}
+
+pub fn restore(ctx: &Ctx, args: RestoreArgs) -> anyhow::Result<i32> {
+    store::validate_name(&args.name)?;
+    if let Some(n) = &args.as_name {
+        store::validate_name(n)?;
+    }
+    crate::run::check_pidfile(&args.pidfile)?;
+    ctx.require_root()?;
+    let new_name = args.as_name.clone().unwrap_or_else(|| args.name.clone());
+    let images = match &args.images {
+        Some(d) => d.clone(),
+        None => match ctx.store.get(&args.name).ok().and_then(|w| w.images) {
+            Some(p) => p,
+            None => ctx.images_root().join(&args.name),
+        },
+    };
+    let img = ImageDir::new(&images);
+    img.validate().map_err(|e| crate::error::hinted(format!("cannot restore {}: {e}", args.name), "dump it again, or point --images at a complete checkpoint"))?;
+    let meta = read_meta(&images)?;
+    if meta.workload.name != args.name && args.as_name.is_none() && args.images.is_some() {
+        bail_hint!(format!("restore it with --as {}, or under its own name {}", args.name, meta.workload.name), "the images in {} belong to workload {}, not {}", images.display(), meta.workload.name, args.name);
+    }
+    let criu = ctx.criu()?;
+    let mut flags = args.criu.clone();
+    flags.tcp_established |= meta.tcp_established;
+    flags.file_locks |= meta.file_locks;
+    flags.ext_unix_sk |= meta.ext_unix_sk;
+    flags.shell_job |= meta.shell_job;
+
+    // Lock or create the target record.
+    let existing = ctx.store.exists(&new_name);
+    let locked = if existing { ctx.store.try_lock(&new_name)? } else { ctx.store.create(&new_name)? };
+    let mut record = if existing {
+        let w = locked.load()?;
+        match w.live_state() {
+            State::Running => bail_hint!(format!("dump or stop it first, or restore a copy with --as NEW"), "workload {new_name} is running"),
+            State::Exited | State::Created if !w.adopted || w.name != meta.workload.name => {
+                bail_hint!(format!("remove it with `cns rm {new_name}` or restore under another name with --as"), "a workload named {new_name} already exists ({})", w.live_state())
+            }
+            _ => w,
+        }
+    } else {
+        let mut w = meta.workload.clone();
+        w.name = new_name.clone();
+        w
+    };
+    let in_place = new_name == meta.workload.name;
+    let mut rollback = network::Rollback::new(ctx, &new_name);
+    let res = (|| -> anyhow::Result<(i32, Option<RestoreStats>)> {
+        // Network: in place keeps address and host name; a copy gets its own.
+        let mut net = meta.workload.net.clone();
+        if net.mode == "veth" {
+            net.host_if = Some(cns_netns::host_veth_name(&new_name));
+            if in_place || args.keep_ip {
+                if let Some(a) = &net.addrs {
+                    let store = network::lease_store(ctx);
+                    store.take(&new_name, a).map_err(|e| crate::error::hinted(e.to_string(), "restore a copy without --keep-ip"))?;
+                    if !in_place {
+                        rollback.lease = Some(*a);
+                    }
+                }
+            } else {
+                let plan = network::NetPlan { mode: "veth".into(), ip: None, publish: vec![] };
+                net.addrs = network::lease(ctx, &new_name, &plan)?;
+                rollback.lease = net.addrs;
+                net.publish.clear();
+            }
+            if let Some(h) = &net.host_if {
+                if let Ok(nl) = cns_netns::Netlink::new() {
+                    if in_place {
+                        let _ = nl.delete_link(h);
+                    } else if nl.link_index(h)?.is_some() {
+                        bail_hint!(format!("remove the interface or the workload that owns it"), "host interface {h} already exists");
+                    }
+                }
+            }
+        }
+        let log = ctx.store.paths.log_file(&new_name);
+        let plan = Plan {
+            new_name: new_name.clone(),
+            images: images.clone(),
+            meta: meta.clone(),
+            flags: flags.clone(),
+            in_place,
+            net,
+            log: log.clone(),
+            old_log_key: meta.workload.log.to_string_lossy().trim_start_matches('/').to_string(),
+        };
+        if args.print_criu_cmdline {
+            println!("{}", restore_cmdline(&criu.path, &plan, args.pidfile.as_deref()));
+            return Ok((0, None));
+        }
+        if !args.no_preflight {
+            let links = cns_netns::Netlink::new().and_then(|n| n.link_names()).unwrap_or_default();
+            let host_if = if in_place { None } else { plan.net.host_if.as_deref() };
+            for f in preflight::check_image(&img, None, host_if, &links) {
+                if f.severity == Severity::Blocker {
+                    bail_hint!(f.fix.clone(), "cannot restore {}: {} ({})", args.name, f.message, f.object);
+                }
+            }
+        }
+        let log_file = crate::run::create_log(&log, !in_place)?;
+        let offset = log_file.metadata().map(|m| m.len()).unwrap_or(0);
+        record.net = plan.net.clone();
+        record.log = log.clone();
+        let work = |ctx: &Ctx| restore_now(ctx, &criu.path, &plan, &log_file);
+        progress(ctx, &format!("restoring {new_name}"));
+        let pid = if args.detach {
+            let mut w = || {
+                work(ctx).map(|(pid, _)| {
+                    crate::publish::spawn_forwarders(&plan.net);
+                    pid
+                }).map_err(|e| {
+                    let (m, h) = crate::error::render(&e);
+                    (m, h.unwrap_or_default(), crate::error::status_of(&e))
+                })
+            };
+            match monitor::spawn_detached(&ctx.store, &new_name, locked.lock_fd(), &mut w)? {
+                Report::Started { pid } => pid,
+                Report::Failed { message, hint, status } => return Err(crate::error::hinted_status(message, hint, status)),
+            }
+        } else {
+            let (pid, _) = work(ctx)?;
+            crate::publish::spawn_forwarders(&plan.net);
+            pid
+        };
+        let _ = offset;
+        Ok((pid, ImageDir::new(&images).restore_stats().ok()))
+    })();
+    let (pid, stats) = match res {
+        Ok(v) => v,
+        Err(e) => {
+            rollback.run();
+            if !existing {
+                let _ = ctx.store.remove(locked);
+                if !in_place {
+                    let _ = fs::remove_file(ctx.store.paths.log_file(&new_name));
+                }
+            }
+            return Err(e);
+        }
+    };
+    if args.print_criu_cmdline {
+        if !existing {
+            let _ = ctx.store.remove(locked);
+        }
+        return Ok(0);
+    }
+    record.name = new_name.clone();
+    record.state = State::Running;
+    record.pid = Some(pid);
+    record.pid_start = store::process_start(pid);
+    record.exit_code = None;
+    record.images = Some(images.clone());
+    record.restored_from = Some(meta.workload.name.clone());
+    record.namespaces = crate::spawn::namespace_inodes(pid);
+    locked.save(&record)?;
+    if let Some(p) = &args.pidfile {
+        crate::run::write_pidfile(p, pid)?;
+    }
+    drop(locked);
+    if args.json {
+        println!("{}", serde_json::json!({"name": new_name, "pid": pid, "stats": stats}));
+    } else if !ctx.quiet {
+        match &stats {
+            Some(s) => println!("restored {new_name} (pid {pid}): forking {}, restore {}, {} pages restored", fmt_us(s.forking_time_us), fmt_us(s.restore_time_us), s.pages_restored),
+            None => println!("restored {new_name} (pid {pid})"),
+        }
+    }
+    if args.detach {
+        return Ok(0);
+    }
+    let code = monitor::foreground(pid, &record.log, fs::metadata(&record.log).map(|m| m.len()).unwrap_or(0));
+    monitor::record_exit(&ctx.store, &new_name, pid, code);
+    Ok(code)
+}
+
+fn restore_cmdline(criu: &Path, p: &Plan, pidfile: Option<&Path>) -> String {
+    let mut v = vec![criu.display().to_string(), "restore".into(), "-D".into(), p.images.display().to_string()];
+    v.extend(["-o", "restore.log", "-v4", "--root", "/", "--restore-detached", "--network-lock", "nftables", "--manage-cgroups=ignore"].map(String::from));
+    if let Some(pf) = pidfile {
+        v.push("--pidfile".into());
+        v.push(pf.display().to_string());
+    }
+    if let Some(h) = &p.net.host_if {
+        v.push("--external".into());
+        v.push(format!("veth[{}]:{h}", cns_netns::INNER_IF));
+    }
+    v.push("--inherit-fd".into());
+    v.push(format!("fd[3]:{}", p.old_log_key));
+    flag_args(&mut v, &p.flags);
+    v.join(" ")
+}
+
+/// Runs the CRIU restore; the restored root becomes a child of the caller.
+fn restore_now(_ctx: &Ctx, criu: &Path, p: &Plan, log_file: &fs::File) -> anyhow::Result<(i32, ())> {
+    if p.meta.workload.adopted {
+        return adopt::restore_host_tree(criu, p.images.as_path(), &p.flags, log_file).map(|pid| (pid, ()));
+    }
+    let dir = open_dir(&p.images)?;
+    let log_name = format!("restore-{}.log", p.new_name);
+    let log_path = p.images.join(&log_name);
+    let mut external = Vec::new();
+    if let Some(h) = &p.net.host_if {
+        external.push(format!("veth[{}]:{h}", cns_netns::INNER_IF));
+    }
+    let req = RestoreRequest {
+        images_dir: Some(dir.as_fd()),
+        work_dir: Some(dir.as_fd()),
+        log_file: log_name,
+        tcp_established: p.flags.tcp_established,
+        ext_unix_sk: p.flags.ext_unix_sk,
+        file_locks: p.flags.file_locks,
+        shell_job: p.flags.shell_job,
+        link_remap: false,
+        sibling: true,
+        external,
+        inherit_fd: vec![(p.old_log_key.clone(), log_file.as_fd())],
+        notify: true,
+    };
+    let net = p.net.clone();
+    let move_address = !p.in_place && net.addrs != p.meta.workload.net.addrs;
+    let mut hook_err: Option<String> = None;
+    let swrk = Swrk::start(criu, &[log_file.as_raw_fd()], criu_stderr(&p.images, &format!("criu-stderr-{}.log", p.new_name)))?;
+    let res = swrk.restore(&req, &mut |n: &Notify| {
+        if n.script != "post-restore" {
+            return NotifyAction::Continue;
+        }
+        let (Some(host_if), Some(addrs)) = (&net.host_if, &net.addrs) else { return NotifyAction::Continue };
+        let r = (|| -> Result<(), cns_netns::NetError> {
+            let nl = cns_netns::Netlink::new()?;
+            cns_netns::configure_host_end(&nl, host_if, addrs)?;
+            if move_address {
+                if let Some(pid) = n.pid {
+                    let inner = cns_netns::Netlink::for_pid(pid)?;
+                    cns_netns::configure_inside(&inner, Some(addrs))?;
+                }
+            }
+            Ok(())
+        })();
+        match r {
+            Ok(()) => NotifyAction::Continue,
+            Err(e) => {
+                hook_err = Some(e.to_string());
+                NotifyAction::Abort(format!("network setup: {e}"))
+            }
+        }
+    });
+    match res {
+        Ok(pid) => Ok((pid, ())),
+        Err(e) => {
+            if let Some(h) = hook_err {
+                return Err(crate::error::hinted(format!("restore failed while configuring the network: {h}"), format!("see {}", log_path.display())));
+            }
+            Err(criu_failure("restore", e, &log_path))
+        }
+    }
+}
+
+mod adopt {
+    //! Host process trees that cns did not start (criu-ns's use case):
+    //! dumped by host PID, restored inside a fresh pid + mount namespace
+    //! whose init runs CRIU, so the tree gets its original PIDs back.
+
+    use super::*;
+
+    pub fn dump_host_tree(ctx: &Ctx, args: &DumpArgs, pid: i32) -> anyhow::Result<i32> {
+        ctx.require_root()?;
+        if pid <= 1 || pid == std::process::id() as i32 {
+            bail_hint!("give the PID of the tree's root process", "cannot adopt pid {pid}");
+        }
+        if store::process_start(pid).is_none() {
+            bail_hint!("check the PID with ps", "no process with pid {pid}");
+        }
+        let criu = ctx.criu()?;
+        let images = args.images.clone().unwrap_or_else(|| ctx.images_root().join(&args.name));
+        if args.print_criu_cmdline {
+            println!("{}", dump_cmdline(&criu.path, pid, &images, &args.criu, args.leave_running));
+            return Ok(0);
+        }
+        let l = ctx.store.create(&args.name)?;
+        let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let command: Vec<String> = cmdline.split(|b| *b == 0).filter(|s| !s.is_empty()).map(|s| String::from_utf8_lossy(s).into_owned()).collect();
+        let w = Workload {
+            name: args.name.clone(),
+            command,
+            env: vec![],
+            cwd: None,
+            hostname: String::new(),
+            created: store::now(),
+            state: State::Running,
+            pid: Some(pid),
+            pid_start: store::process_start(pid),
+            shim_pid: None,
+            exit_code: None,
+            log: ctx.store.paths.log_file(&args.name),
+            net: store::NetConfig { mode: "host".into(), host_if: None, addrs: None, publish: vec![] },
+            cap_drop: vec![],
+            seccomp: None,
+            images: None,
+            adopted: true,
+            restored_from: None,
+            namespaces: crate::spawn::namespace_inodes(pid),
+        };
+        l.save(&w)?;
+        drop(l);
+        let mut a = DumpArgs { name: args.name.clone(), pid: None, leave_running: args.leave_running, images: args.images.clone(), criu: args.criu.clone(), no_preflight: args.no_preflight, print_criu_cmdline: false, json: args.json };
+        a.pid = None;
+        let r = super::dump(ctx, a);
+        if r.is_err() {
+            if let Ok(l) = ctx.store.lock(&args.name) {
+                let _ = ctx.store.remove(l);
+            }
+        } else if args.leave_running {
+            // The host tree is not ours to track: the checkpoint is what we keep.
+            if let Ok(l) = ctx.store.lock(&args.name) {
+                if let Ok(mut w) = l.load() {
+                    w.state = State::Dumped;
+                    w.pid = None;
+                    let _ = l.save(&w);
+                }
+            }
+        }
+        r
+    }
+
+    /// Restores an adopted tree: a fresh pid + mount namespace whose init
+    /// (PID 1) runs CRIU; the restored root becomes init's child. Returns
+    /// the host PID of the restored root.
+    pub fn restore_host_tree(criu: &Path, images: &Path, flags: &CriuFlags, log_file: &fs::File) -> anyhow::Result<i32> {
+        let _ = log_file;
+        let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+        let flags_ns = nix::sched::CloneFlags::CLONE_NEWPID | nix::sched::CloneFlags::CLONE_NEWNS;
+        let raw = flags_ns.bits() as libc::c_long | libc::SIGCHLD as libc::c_long;
+        // SAFETY: fork-like clone (no CLONE_VM, NULL stack) in a single-threaded process.
+        let ret = unsafe { libc::syscall(libc::SYS_clone, raw, 0usize, 0usize, 0usize, 0usize) };
+        if ret < 0 {
+            return Err(anyhow::anyhow!("cannot create a pid namespace: {}", nix::Error::last()));
+        }
+        if ret == 0 {
+            drop(r);
+            let result = (|| -> anyhow::Result<i32> {
+                nix::unistd::setsid()?;
+                cns_mounts::make_rprivate()?;
+                cns_mounts::mount_proc()?;
+                let dir = open_dir(images)?;
+                let req = RestoreRequest {
+                    images_dir: Some(dir.as_fd()),
+                    work_dir: Some(dir.as_fd()),
+                    log_file: "restore.log".into(),
+                    tcp_established: flags.tcp_established,
+                    ext_unix_sk: flags.ext_unix_sk,
+                    file_locks: flags.file_locks,
+                    shell_job: flags.shell_job,
+                    sibling: true,
+                    ..Default::default()
+                };
+                let swrk = Swrk::start(criu, &[], criu_stderr(images, "criu-stderr-restore.log"))?;
+                swrk.restore(&req, &mut |_| NotifyAction::Continue).map_err(|e| criu_failure("restore", e, &images.join("restore.log")))
+            })();
+            let msg = match &result {
+                Ok(pid) => format!("ok {pid}"),
+                Err(e) => {
+                    let (m, h) = crate::error::render(e);
+                    format!("err {m}\n{}", h.unwrap_or_default())
+                }
+            };
+            let mut f = fs::File::from(w);
+            let _ = std::io::Write::write_all(&mut f, msg.as_bytes());
+            drop(f);
+            let code = match result {
+                Ok(pid) => {
+                    crate::spawn::close_fds_from(3, false);
+                    crate::spawn::forwarded_signals().thread_block().ok();
+                    crate::spawn::init_loop(nix::unistd::Pid::from_raw(pid))
+                }
+                Err(_) => 1,
+            };
+            // SAFETY: end of the namespace's init.
+            unsafe { libc::_exit(code) }
+        }
+        drop(w);
+        let init = ret as i32;
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(&mut fs::File::from(r), &mut text);
+        if let Some(rest) = text.strip_prefix("err ") {
+            let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(init), None);
+            let (m, h) = rest.split_once('\n').unwrap_or((rest, ""));
+            return Err(crate::error::hinted(m.to_string(), h.to_string()));
+        }
+        if !text.starts_with("ok ") {
+            let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(init), None);
+            anyhow::bail!("the restore's namespace init died");
+        }
+        // The init is what the monitor waits for; its exit is the tree's.
+        Ok(init)
+    }
+}

@@ -93,11 +93,15 @@ pub fn split_entries(data: &[u8]) -> Result<(u32, u32, Vec<&[u8]>), String> {
     }
     let word = |i: usize| u32::from_le_bytes([data[i], data[i + 1], data[i + 2], data[i + 3]]);
     let (first, second) = (word(0), word(4));
-    if first != IMG_COMMON_MAGIC && first != IMG_SERVICE_MAGIC {
+    // inventory.img, the head image, carries only its own magic.
+    let (first, second, mut off) = if first == INVENTORY_MAGIC {
+        (IMG_COMMON_MAGIC, INVENTORY_MAGIC, 4)
+    } else if first == IMG_COMMON_MAGIC || first == IMG_SERVICE_MAGIC {
+        (first, second, 8)
+    } else {
         return Err(format!("bad magic {first:#x}"));
-    }
+    };
     let mut entries = Vec::new();
-    let mut off = 8;
     while off < data.len() {
         if off + 4 > data.len() {
             return Err(format!("truncated entry header at byte {off}"));
@@ -370,10 +374,16 @@ mod tests {
 
     #[test]
     fn splits_entries() {
-        let data = image(IMG_COMMON_MAGIC, INVENTORY_MAGIC, &[b"ab", b"", b"xyz"]);
+        let data = image(IMG_COMMON_MAGIC, 0x5027_3030, &[b"ab", b"", b"xyz"]);
         let (m, t, e) = split_entries(&data).expect("split");
-        assert_eq!((m, t), (IMG_COMMON_MAGIC, INVENTORY_MAGIC));
+        assert_eq!((m, t), (IMG_COMMON_MAGIC, 0x5027_3030));
         assert_eq!(e, vec![&b"ab"[..], &b""[..], &b"xyz"[..]]);
+        // inventory.img: one magic, then entries
+        let mut inv = INVENTORY_MAGIC.to_le_bytes().to_vec();
+        inv.extend_from_slice(&2u32.to_le_bytes());
+        inv.extend_from_slice(b"hi");
+        let (_, t, e) = split_entries(&inv).expect("inventory");
+        assert_eq!((t, e), (INVENTORY_MAGIC, vec![&b"hi"[..]]));
     }
 
     #[test]
