@@ -255,7 +255,7 @@ impl ImageDir {
             let data = fs::read(&path).map_err(|source| ImageError::Io { path: path.clone(), source })?;
             let (_, _, raw) = split_entries(&data).map_err(|what| ImageError::Corrupt { path: path.clone(), what })?;
             // First entry is pagemap_head {pages_id = 1}; the rest pagemap_entry
-            // {vaddr = 1, nr_pages = 2, flags = 4}.
+            // {vaddr = 1, compat_nr_pages = 2, flags = 4, nr_pages = 5}.
             let mut pages_id = None;
             let mut pages = 0u64;
             for (i, e) in raw.iter().enumerate() {
@@ -263,7 +263,11 @@ impl ImageDir {
                 if i == 0 {
                     pages_id = fields.iter().find(|(f, _)| *f == 1).map(|(_, v)| *v);
                 } else {
-                    let nr = fields.iter().find(|(f, _)| *f == 2).map_or(0, |(_, v)| *v);
+                    let nr = fields
+                        .iter()
+                        .find(|(f, _)| *f == 5)
+                        .or_else(|| fields.iter().find(|(f, _)| *f == 2))
+                        .map_or(0, |(_, v)| *v);
                     let flags = fields.iter().find(|(f, _)| *f == 4).map_or(0, |(_, v)| *v);
                     // PE_PRESENT (4) pages are in the pages file; lazy/parent ones are not.
                     if flags & 4 != 0 || flags == 0 {

@@ -1,0 +1,132 @@
+//! Helpers for the integration tests: run the real `cns` binary (as root,
+//! with the real CRIU), unique names per test, waiting on conditions, and
+//! cleanup of everything a test made.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+pub fn cns_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_cns"))
+}
+
+/// Runs cns with `args`.
+pub fn cns(args: &[&str]) -> Output {
+    Command::new(cns_bin()).args(args).output().expect("run cns")
+}
+
+/// Runs cns and asserts success; returns stdout.
+pub fn ok(args: &[&str]) -> String {
+    let out = cns(args);
+    assert!(
+        out.status.success(),
+        "cns {:?} failed ({}):\nstdout: {}\nstderr: {}",
+        args,
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs cns and asserts failure with a one-line `cns: ...` error; returns stderr.
+pub fn fails(args: &[&str]) -> String {
+    let out = cns(args);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "cns {args:?} unexpectedly succeeded: {err}");
+    let first = err.lines().next().unwrap_or("");
+    assert!(first.starts_with("cns: ") || first.starts_with("error:"), "cns {args:?}: error is not one clear line: {err:?}");
+    assert!(!err.contains("panicked"), "cns {args:?} panicked: {err}");
+    err
+}
+
+/// A name unique to this test process.
+pub fn name(tag: &str) -> String {
+    format!("t{}-{tag}", std::process::id())
+}
+
+/// Waits for `cond` up to `secs` seconds.
+pub fn wait_for(what: &str, secs: u64, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < deadline {
+        if cond() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("timed out waiting for {what}");
+}
+
+/// Removes the named workloads (and their images) when dropped.
+pub struct Cleanup(pub Vec<String>);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        for n in &self.0 {
+            let _ = cns(&["rm", "-f", n]);
+            let _ = std::fs::remove_dir_all(format!("/var/lib/cns/images/{n}"));
+            let _ = std::fs::remove_file(format!("/var/lib/cns/images/{n}.failed-dump.log"));
+        }
+    }
+}
+
+/// `cns ps --json` entry of `name`.
+pub fn ps_entry(name: &str) -> Option<serde_json::Value> {
+    let out = ok(&["ps", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&out).expect("ps json");
+    v.as_array()?.iter().find(|e| e["name"] == name).cloned()
+}
+
+pub fn pid_of(name: &str) -> i32 {
+    ps_entry(name).and_then(|e| e["pid"].as_i64()).unwrap_or_else(|| panic!("{name} has no pid")) as i32
+}
+
+pub fn state_of(name: &str) -> String {
+    ps_entry(name).map(|e| e["state"].as_str().unwrap_or("").to_string()).unwrap_or_default()
+}
+
+pub fn log_of(name: &str) -> String {
+    std::fs::read_to_string(format!("/var/lib/cns/logs/{name}.log")).unwrap_or_default()
+}
+
+/// The last integer printed in a workload's log.
+pub fn last_count(name: &str) -> Option<u64> {
+    log_of(name).lines().rev().find_map(|l| l.trim().parse().ok())
+}
+
+pub const COUNTER: &str = "i=0; while :; do echo $i; i=$((i+1)); sleep 0.05; done";
+
+/// Starts a detached counter workload.
+pub fn start_counter(name: &str) {
+    ok(&["run", "-d", "--name", name, "--", "sh", "-c", COUNTER]);
+    wait_for("the counter to count", 20, || last_count(name).is_some_and(|c| c >= 3));
+}
+
+pub fn ns_inode(pid: i32, ns: &str) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(format!("/proc/{pid}/ns/{ns}")).expect("ns").ino()
+}
+
+pub fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        let st = s.rsplit(')').next().unwrap_or("").split_whitespace().next().unwrap_or("");
+        st != "Z" && st != "X"
+    })
+}
+
+/// Host links whose name starts with `prefix`.
+pub fn links_named(prefix: &str) -> Vec<String> {
+    std::fs::read_dir("/sys/class/net")
+        .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| n.starts_with(prefix)).collect())
+        .unwrap_or_default()
+}
+
+pub fn criu() -> String {
+    for p in ["/usr/local/sbin/criu", "/usr/sbin/criu"] {
+        if std::path::Path::new(p).exists() {
+            return p.to_string();
+        }
+    }
+    "criu".into()
+}
