@@ -60,8 +60,16 @@ pub fn init_binary(lib: &std::path::Path) -> anyhow::Result<PathBuf> {
     let tmp = dir.join(format!(".init.{}", std::process::id()));
     std::fs::copy(&exe, &tmp).with_context(|| format!("cannot copy {} to {}", exe.display(), tmp.display()))?;
     std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o700))?;
-    std::fs::rename(&tmp, &path)?;
-    Ok(path)
+    // link(2), not rename(2): a concurrent cns may have installed the same
+    // copy meanwhile, and replacing it would leave its running inits mapping
+    // a deleted file (which CRIU then has to carry as a ghost).
+    let r = std::fs::hard_link(&tmp, &path);
+    let _ = std::fs::remove_file(&tmp);
+    match r {
+        Ok(()) => Ok(path),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(path),
+        Err(e) => Err(anyhow::Error::new(e).context(format!("cannot install {}", path.display()))),
+    }
 }
 
 /// A failed setup step in the child, reported to the parent.

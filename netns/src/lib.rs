@@ -85,7 +85,7 @@ mod tests {
         assert!(a.len() <= IFNAMSIZ, "{a}");
         assert!(b.len() <= IFNAMSIZ);
         assert_ne!(a, b);
-        assert!(a.starts_with("cns-a-very"));
+        assert!(a.starts_with("cns-a-ve"));
         assert_eq!(a, host_veth_name("a-very-long-workload-name-1"));
     }
 }
