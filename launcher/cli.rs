@@ -51,10 +51,6 @@ pub enum Command {
     Check(CheckArgs),
     /// Show everything about a workload or checkpoint
     Inspect(InspectArgs),
-    /// Write a checkpoint to one portable archive
-    Export(ExportArgs),
-    /// Unpack a checkpoint archive written by `cns export`
-    Import(ImportArgs),
     /// Print shell completions
     Completions(CompletionsArgs),
     /// Write man pages into a directory
@@ -240,26 +236,6 @@ pub struct InspectArgs {
     pub name: String,
     #[arg(long)]
     pub json: bool,
-}
-
-#[derive(Debug, Args)]
-pub struct ExportArgs {
-    pub name: String,
-    /// Archive to write
-    #[arg(short, long, value_name = "FILE")]
-    pub output: PathBuf,
-    /// Compression
-    #[arg(long, default_value = "zstd", value_parser = ["none", "gzip", "zstd"])]
-    pub compress: String,
-}
-
-#[derive(Debug, Args)]
-pub struct ImportArgs {
-    /// Archive written by `cns export`
-    pub file: PathBuf,
-    /// Name to import it as (default: the name it was exported under)
-    #[arg(long = "as", value_name = "NAME")]
-    pub as_name: Option<String>,
 }
 
 #[derive(Debug, Args)]

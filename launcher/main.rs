@@ -82,8 +82,6 @@ fn dispatch(ctx: &Ctx, command: Command) -> anyhow::Result<i32> {
         Command::Restore(a) => checkpoint::restore(ctx, a),
         Command::Check(a) => syscheck::check(ctx, a),
         Command::Inspect(a) => extras::inspect(ctx, a),
-        Command::Export(a) => extras::export(ctx, a),
-        Command::Import(a) => extras::import(ctx, a),
         Command::Completions(a) => extras::completions(a),
         Command::Man(a) => extras::man(a),
     }

@@ -19,13 +19,22 @@ pub fn cns(args: &[&str]) -> Output {
 /// Runs cns and asserts success; returns stdout.
 pub fn ok(args: &[&str]) -> String {
     let out = cns(args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // Show the error lines of the CRIU log cns points at, if any.
+    let criu_log = stderr
+        .split("CRIU log: ")
+        .nth(1)
+        .and_then(|r| r.split(')').next())
+        .and_then(|p| std::fs::read_to_string(p).ok())
+        .map(|t| t.lines().filter(|l| l.contains("Error")).collect::<Vec<_>>().join("\n"))
+        .unwrap_or_default();
     assert!(
         out.status.success(),
-        "cns {:?} failed ({}):\nstdout: {}\nstderr: {}",
+        "cns {:?} failed ({}):\nstdout: {}\nstderr: {}\n{criu_log}",
         args,
         out.status,
         String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+        stderr
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
