@@ -52,7 +52,7 @@ pub fn man(args: ManArgs) -> anyhow::Result<i32> {
     std::fs::write(args.dir.join("cns.1"), &buf)?;
     for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
         let name = format!("cns-{}", sub.get_name());
-        let sub = sub.clone().name(name.clone());
+        let sub = sub.clone().name(clap::builder::Str::from(name.clone().leak() as &str));
         let mut buf = Vec::new();
         clap_mangen::Man::new(sub).render(&mut buf)?;
         std::fs::write(args.dir.join(format!("{name}.1")), &buf)?;
