@@ -217,7 +217,6 @@ struct Plan {
     flags: CriuFlags,
     in_place: bool,
     net: store::NetConfig,
-    log: PathBuf,
     old_log_key: String,
 }
 
@@ -305,7 +304,6 @@ pub fn restore(ctx: &Ctx, args: RestoreArgs) -> anyhow::Result<i32> {
             flags: flags.clone(),
             in_place,
             net,
-            log: log.clone(),
             old_log_key: meta.workload.log.to_string_lossy().trim_start_matches('/').to_string(),
         };
         if args.print_criu_cmdline {
@@ -322,7 +320,6 @@ pub fn restore(ctx: &Ctx, args: RestoreArgs) -> anyhow::Result<i32> {
             }
         }
         let log_file = crate::run::create_log(&log, !in_place)?;
-        let offset = log_file.metadata().map(|m| m.len()).unwrap_or(0);
         record.net = plan.net.clone();
         record.log = log.clone();
         let work = |ctx: &Ctx| restore_now(ctx, &criu.path, &plan, &log_file);
@@ -346,7 +343,6 @@ pub fn restore(ctx: &Ctx, args: RestoreArgs) -> anyhow::Result<i32> {
             crate::publish::spawn_forwarders(&plan.net);
             pid
         };
-        let _ = offset;
         Ok((pid, ImageDir::new(&images).restore_stats().ok()))
     })();
     let (pid, stats) = match res {

@@ -214,12 +214,8 @@ fn crius_errors_are_explained_tcp_without_flag() {
     ok(&["run", "-d", "--name", &n, "--net", "none", "--", "sh", "-c", "python3 -c \"import socket,time\ns=socket.socket(); s.bind(('127.0.0.1',0)); s.listen(); c=socket.create_connection(s.getsockname()); a,_=s.accept(); print('up', flush=True); time.sleep(1000)\""]);
     wait_for("the connection", 20, || log_of(&n).contains("up"));
     let pid = pid_of(&n);
-    let dir = tempfile::tempdir().expect("tmp");
-    let st = std::process::Command::new(criu())
-        .args(["dump", "-t", &pid.to_string(), "-D", dir.path().to_str().expect("utf8"), "-o", "dump.log", "-v4", "--network-lock", "nftables", "--leave-running"])
-        .status()
-        .expect("criu");
-    assert!(!st.success(), "plain criu dumped an established connection without --tcp-established");
+    let (dumped, _) = raw_criu_dump(pid);
+    assert!(!dumped, "plain criu dumped an established connection without --tcp-established");
     // cns sees it first and turns the flag on itself.
     let out = cns(&["dump", "--leave-running", &n]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

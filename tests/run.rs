@@ -171,12 +171,8 @@ fn works_when_host_mounts_are_shared() {
     assert!(s.lines().last().is_some_and(|l| l.trim() == "0"), "workload mounts still shared: {s} {}", String::from_utf8_lossy(&out.stderr));
     // And a real CRIU dump of it works.
     let pid = pid_of(&n);
-    let dir = tempfile::tempdir().expect("tmp");
-    let st = std::process::Command::new(criu())
-        .args(["dump", "-t", &pid.to_string(), "-D", dir.path().to_str().expect("utf8"), "-o", "dump.log", "-v4", "--network-lock", "nftables", "--leave-running"])
-        .status()
-        .expect("criu");
-    assert!(st.success(), "criu dump failed: {}", std::fs::read_to_string(dir.path().join("dump.log")).unwrap_or_default());
+    let (dumped, log) = raw_criu_dump(pid);
+    assert!(dumped, "criu dump failed: {log}");
 }
 
 #[test]
@@ -185,11 +181,7 @@ fn a_running_workload_passes_a_plain_criu_dump() {
     let _c = Cleanup(vec![n.clone()]);
     start_counter(&n);
     let pid = pid_of(&n);
-    let dir = tempfile::tempdir().expect("tmp");
-    let st = std::process::Command::new(criu())
-        .args(["dump", "-t", &pid.to_string(), "-D", dir.path().to_str().expect("utf8"), "-o", "dump.log", "-v4", "--network-lock", "nftables", "--leave-running"])
-        .status()
-        .expect("criu");
-    assert!(st.success(), "criu dump failed: {}", std::fs::read_to_string(dir.path().join("dump.log")).unwrap_or_default());
+    let (dumped, log) = raw_criu_dump(pid);
+    assert!(dumped, "criu dump failed: {log}");
     assert!(alive(pid));
 }

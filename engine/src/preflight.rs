@@ -205,9 +205,8 @@ pub fn check_image(img: &ImageDir, memory_limit: Option<u64>, host_if: Option<&s
                     Ok(m) => {
                         // CRIU checks sizes of files it maps or opened read-only;
                         // appended logs are re-pointed by cns (inherit_fd).
-                        let writable = f.mode.is_some_and(|_| false);
                         if let Some(size) = f.size {
-                            if m.is_file() && m.len() != size && !writable && !path.starts_with("/var/lib/cns/logs/") {
+                            if m.is_file() && m.len() != size && !path.starts_with("/var/lib/cns/logs/") {
                                 out.push(Finding::new(
                                     Severity::Blocker,
                                     "file-changed",

@@ -139,3 +139,14 @@ pub fn criu() -> String {
     }
     "criu".into()
 }
+
+/// Runs a plain `criu dump --leave-running` of `pid` (the flags from
+/// shared/criu.md) into a fresh temp dir; returns success and the log.
+pub fn raw_criu_dump(pid: i32) -> (bool, String) {
+    let dir = tempfile::tempdir().expect("tmp");
+    let st = Command::new(criu())
+        .args(["dump", "-t", &pid.to_string(), "-D", dir.path().to_str().expect("utf8"), "-o", "dump.log", "-v4", "--network-lock", "nftables", "--leave-running"])
+        .status()
+        .expect("criu");
+    (st.success(), std::fs::read_to_string(dir.path().join("dump.log")).unwrap_or_default())
+}
