@@ -2,7 +2,7 @@
 //! namespaces.
 
 use std::fs;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
@@ -77,7 +77,7 @@ pub fn dump(ctx: &Ctx, args: DumpArgs) -> anyhow::Result<i32> {
     flags.tcp_established |= ctx.config.tcp_established;
     flags.file_locks |= ctx.config.file_locks;
     if args.print_criu_cmdline {
-        println!("{}", dump_cmdline(&criu.path, pid, &images, &flags, args.leave_running));
+        println!("{}", dump_cmdline(&criu.path, pid, &images, &flags, args.leave_running, &dump_externals(&w)));
         return Ok(0);
     }
     let parent = images.parent().unwrap_or(Path::new("/")).to_path_buf();
@@ -110,7 +110,7 @@ pub fn dump(ctx: &Ctx, args: DumpArgs) -> anyhow::Result<i32> {
         file_locks: flags.file_locks,
         shell_job: flags.shell_job,
         link_remap: false,
-        external: vec![],
+        external: dump_externals(&w),
         notify: true,
     };
     progress(ctx, &format!("dumping {} (pid {pid})", w.name));
@@ -190,9 +190,34 @@ fn print_dump_stats(ctx: &Ctx, name: &str, images: &Path, s: Option<&DumpStats>,
     }
 }
 
-fn dump_cmdline(criu: &Path, pid: i32, images: &Path, f: &CriuFlags, leave_running: bool) -> String {
+/// The key of the log's bind mount in CRIU's external-mount map.
+const STDIO_KEY: &str = "cns-stdio";
+
+/// `--external` entries of a dump: the log's bind mount.
+fn dump_externals(w: &Workload) -> Vec<String> {
+    w.stdio_mount.iter().map(|m| format!("mnt[{}]:{STDIO_KEY}", m.display())).collect()
+}
+
+/// `--external` entries of a restore: the new host veth, and the log's bind
+/// mount pointed at this copy's own log file.
+fn restore_externals(p: &Plan, log: &Path) -> Vec<String> {
+    let mut v = Vec::new();
+    if let Some(h) = &p.net.host_if {
+        v.push(format!("veth[{}]:{h}", cns_netns::INNER_IF));
+    }
+    if p.meta.workload.stdio_mount.is_some() {
+        v.push(format!("mnt[{STDIO_KEY}]:{}", log.display()));
+    }
+    v
+}
+
+fn dump_cmdline(criu: &Path, pid: i32, images: &Path, f: &CriuFlags, leave_running: bool, externals: &[String]) -> String {
     let mut v = vec![criu.display().to_string(), "dump".into(), "-t".into(), pid.to_string(), "-D".into(), images.display().to_string()];
     v.extend(["-o", "dump.log", "-v4", "--network-lock", "nftables", "--manage-cgroups=ignore"].map(String::from));
+    for e in externals {
+        v.push("--external".into());
+        v.push(e.clone());
+    }
     flag_args(&mut v, f);
     if leave_running {
         v.push("--leave-running".into());
@@ -217,7 +242,7 @@ struct Plan {
     flags: CriuFlags,
     in_place: bool,
     net: store::NetConfig,
-    old_log_key: String,
+    log: PathBuf,
 }
 
 pub fn restore(ctx: &Ctx, args: RestoreArgs) -> anyhow::Result<i32> {
@@ -304,7 +329,7 @@ pub fn restore(ctx: &Ctx, args: RestoreArgs) -> anyhow::Result<i32> {
             flags: flags.clone(),
             in_place,
             net,
-            old_log_key: meta.workload.log.to_string_lossy().trim_start_matches('/').to_string(),
+            log: log.clone(),
         };
         if args.print_criu_cmdline {
             println!("{}", restore_cmdline(&criu.path, &plan, args.pidfile.as_deref()));
@@ -400,14 +425,18 @@ fn restore_cmdline(criu: &Path, p: &Plan, pidfile: Option<&Path>) -> String {
         v.push("--pidfile".into());
         v.push(pf.display().to_string());
     }
-    if let Some(h) = &p.net.host_if {
+    for e in restore_externals(p, &p.log) {
         v.push("--external".into());
-        v.push(format!("veth[{}]:{h}", cns_netns::INNER_IF));
+        v.push(e);
     }
-    v.push("--inherit-fd".into());
-    v.push(format!("fd[3]:{}", p.old_log_key));
     flag_args(&mut v, &p.flags);
     v.join(" ")
+}
+
+fn ensure_file(p: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    fs::OpenOptions::new().create(true).append(true).mode(0o600).open(p).with_context(|| format!("cannot create {}", p.display()))?;
+    Ok(())
 }
 
 /// Runs the CRIU restore; the restored root becomes a child of the caller.
@@ -418,9 +447,9 @@ fn restore_now(_ctx: &Ctx, criu: &Path, p: &Plan, log_file: &fs::File) -> anyhow
     let dir = open_dir(&p.images)?;
     let log_name = format!("restore-{}.log", p.new_name);
     let log_path = p.images.join(&log_name);
-    let mut external = Vec::new();
-    if let Some(h) = &p.net.host_if {
-        external.push(format!("veth[{}]:{h}", cns_netns::INNER_IF));
+    if let Some(m) = &p.meta.workload.stdio_mount {
+        // The mountpoint must exist in the restored root (the host's /).
+        ensure_file(m)?;
     }
     let req = RestoreRequest {
         images_dir: Some(dir.as_fd()),
@@ -432,14 +461,15 @@ fn restore_now(_ctx: &Ctx, criu: &Path, p: &Plan, log_file: &fs::File) -> anyhow
         shell_job: p.flags.shell_job,
         link_remap: false,
         sibling: true,
-        external,
-        inherit_fd: vec![(p.old_log_key.clone(), log_file.as_fd())],
+        external: restore_externals(p, &p.log),
+        inherit_fd: vec![],
         notify: true,
     };
     let net = p.net.clone();
     let move_address = !p.in_place && net.addrs != p.meta.workload.net.addrs;
     let mut hook_err: Option<String> = None;
-    let swrk = Swrk::start(criu, &[log_file.as_raw_fd()], criu_stderr(&p.images, &format!("criu-stderr-{}.log", p.new_name)))?;
+    let _ = log_file;
+    let swrk = Swrk::start(criu, &[], criu_stderr(&p.images, &format!("criu-stderr-{}.log", p.new_name)))?;
     let res = swrk.restore(&req, &mut |n: &Notify| {
         if n.script != "post-restore" {
             return NotifyAction::Continue;
@@ -493,7 +523,7 @@ mod adopt {
         let criu = ctx.criu()?;
         let images = args.images.clone().unwrap_or_else(|| ctx.images_root().join(&args.name));
         if args.print_criu_cmdline {
-            println!("{}", dump_cmdline(&criu.path, pid, &images, &args.criu, args.leave_running));
+            println!("{}", dump_cmdline(&criu.path, pid, &images, &args.criu, args.leave_running, &[]));
             return Ok(0);
         }
         let l = ctx.store.create(&args.name)?;
@@ -512,6 +542,7 @@ mod adopt {
             shim_pid: None,
             exit_code: None,
             log: ctx.store.paths.log_file(&args.name),
+            stdio_mount: None,
             net: store::NetConfig { mode: "host".into(), host_if: None, addrs: None, publish: vec![] },
             cap_drop: vec![],
             seccomp: None,

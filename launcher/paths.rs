@@ -46,6 +46,23 @@ impl Paths {
         self.lib.join("images")
     }
 
+    /// An empty file the workload's log is bind-mounted onto inside its
+    /// mount namespace. stdout/stderr are opened through this mount, so the
+    /// dump records an external mount that a restore maps to each copy's own
+    /// log (see docs/design.md, "Logs across dump and restore").
+    pub fn stdio_mount(&self) -> PathBuf {
+        self.lib.join("stdio")
+    }
+
+    /// Creates [`Paths::stdio_mount`] when it is missing.
+    pub fn ensure_stdio_mount(&self) -> std::io::Result<PathBuf> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let p = self.stdio_mount();
+        crate::store::mkdir_private(&self.lib)?;
+        std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(&p)?;
+        Ok(p)
+    }
+
     pub fn default_images(&self, name: &str) -> PathBuf {
         self.images_root().join(name)
     }

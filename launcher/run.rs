@@ -93,6 +93,7 @@ pub fn run(ctx: &Ctx, args: RunArgs) -> anyhow::Result<i32> {
         let host_if = lease.as_ref().map(|_| cns_netns::host_veth_name(&name));
         let log = ctx.store.paths.log_file(&name);
         create_log(&log, true)?;
+        let stdio_mount = ctx.store.paths.ensure_stdio_mount().with_context(|| format!("cannot create {}", ctx.store.paths.stdio_mount().display()))?;
         let mut w = Workload {
             name: name.clone(),
             command: args.command.clone(),
@@ -106,6 +107,7 @@ pub fn run(ctx: &Ctx, args: RunArgs) -> anyhow::Result<i32> {
             shim_pid: None,
             exit_code: None,
             log: log.clone(),
+            stdio_mount: Some(stdio_mount.clone()),
             net: NetConfig { mode: net_plan.mode.clone(), host_if: host_if.clone(), addrs: lease, publish: net_plan.publish.clone() },
             cap_drop: args.cap_drop.clone(),
             seccomp: args.seccomp.clone(),
@@ -121,6 +123,7 @@ pub fn run(ctx: &Ctx, args: RunArgs) -> anyhow::Result<i32> {
             cwd: args.cwd.clone(),
             hostname,
             log: log.clone(),
+            stdio_mount,
             cap_drop,
             seccomp,
             net: w.net.addrs,

@@ -34,6 +34,9 @@ pub struct Spec {
     pub cwd: Option<PathBuf>,
     pub hostname: String,
     pub log: PathBuf,
+    /// An existing empty file: the log is bind-mounted onto it inside the
+    /// mount ns and stdout/stderr are opened through it.
+    pub stdio_mount: PathBuf,
     pub cap_drop: CapDrop,
     pub seccomp: Option<BpfProgram>,
     /// Inner end of the veth (host end created by the caller's `before_go`).
@@ -251,7 +254,13 @@ fn setup_namespace(spec: &Spec, go: OwnedFd) -> Result<(), StepError> {
     drop(nl);
     // 5. stdio, opened inside the new mount namespace: stdin /dev/null,
     //    stdout/stderr the log. Nothing may point into the host's mount ns.
-    open_stdio(&spec.log)?;
+    //    The log is reached through a bind mount of its own, which the dump
+    //    records as external and a restore maps to each copy's log.
+    cns_mounts::bind_file(&spec.log, &spec.stdio_mount).map_err(|e| {
+        let errno = e.errno().map(|x| x as i32);
+        StepError::new("bind-mount the log", e, errno, "check the cns lib directory")
+    })?;
+    open_stdio(&spec.stdio_mount)?;
     Ok(())
 }
 
@@ -260,7 +269,9 @@ fn open_stdio(log: &std::path::Path) -> Result<(), StepError> {
     use nix::sys::stat::Mode;
     let null = open("/dev/null", OFlag::O_RDWR, Mode::empty())
         .map_err(|e| StepError::new("open /dev/null", e, errno_of(&e), "the namespace needs /dev/null"))?;
-    let out = open(log, OFlag::O_WRONLY | OFlag::O_APPEND | OFlag::O_CREAT, Mode::from_bits_truncate(0o600))
+    // O_WRONLY|O_APPEND: CRIU then skips its size check on restore, so a log
+    // that grew after a --leave-running dump restores fine.
+    let out = open(log, OFlag::O_WRONLY | OFlag::O_APPEND, Mode::empty())
         .map_err(|e| StepError::new(&format!("open log {}", log.display()), e, errno_of(&e), "check the log directory"))?;
     for (src, dst) in [(null.as_raw_fd(), 0), (out.as_raw_fd(), 1), (out.as_raw_fd(), 2)] {
         // SAFETY: dup2 on fds we own onto the standard fd numbers.

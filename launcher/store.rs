@@ -97,6 +97,10 @@ pub struct Workload {
     pub shim_pid: Option<i32>,
     pub exit_code: Option<i32>,
     pub log: PathBuf,
+    /// Where the log is bind-mounted inside the mount ns (stdout/stderr are
+    /// opened there); `None` for adopted host trees.
+    #[serde(default)]
+    pub stdio_mount: Option<PathBuf>,
     pub net: NetConfig,
     #[serde(default)]
     pub cap_drop: Vec<String>,

@@ -221,3 +221,25 @@ fn crius_errors_are_explained_tcp_without_flag() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stderr).contains("tcp-established"));
 }
+
+#[test]
+fn a_restored_workload_can_be_dumped_and_restored_again() {
+    // Each round the log must be reached through the workload's own mount
+    // namespace again, or the next dump fails on a host-mount fd.
+    let n = name("again");
+    let _c = Cleanup(vec![n.clone()]);
+    start_counter(&n);
+    let mut k = 0;
+    for round in 0..3 {
+        k = counter_after(&n, k);
+        ok(&["dump", &n]);
+        let dumped = last_count(&n).expect("count");
+        ok(&["restore", "-d", &n]);
+        let now = counter_after(&n, dumped);
+        assert!(now > dumped, "round {round}: counter went from {dumped} to {now}");
+        let nums: Vec<u64> = log_of(&n).lines().filter_map(|l| l.trim().parse().ok()).collect();
+        let pos = nums.iter().rposition(|&v| v == dumped).expect("dumped value in log");
+        assert_eq!(nums.get(pos + 1), Some(&(dumped + 1)), "round {round}: did not continue from {dumped}");
+        k = now;
+    }
+}

@@ -83,7 +83,7 @@ fn host_tcp_connection_survives_in_place_restore() {
 }
 
 #[test]
-#[ignore = "known bug: CRIU reports the python client's stdout log on the host root mount (Can't lookup mount) only under the test harness; see issue 5 note"]
+
 fn inner_client_connection_survives_and_copies_answer_on_their_own_address() {
     let n = name("inner");
     let c1 = name("inner-c1");

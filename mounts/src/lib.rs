@@ -25,6 +25,8 @@ pub enum MountError {
     Proc(#[source] nix::Error),
     #[error("mounting a private tmpfs on {path} failed: {source}")]
     Tmpfs { path: PathBuf, source: nix::Error },
+    #[error("bind-mounting {src} onto {target} failed: {source}")]
+    Bind { src: PathBuf, target: PathBuf, source: nix::Error },
     #[error("reading {path} failed: {source}")]
     Read { path: PathBuf, source: std::io::Error },
 }
@@ -34,7 +36,7 @@ impl MountError {
     pub fn errno(&self) -> Option<nix::Error> {
         match self {
             MountError::MakePrivate(e) | MountError::Proc(e) => Some(*e),
-            MountError::UnmountNsfs { source, .. } | MountError::Tmpfs { source, .. } => Some(*source),
+            MountError::UnmountNsfs { source, .. } | MountError::Tmpfs { source, .. } | MountError::Bind { source, .. } => Some(*source),
             MountError::Read { .. } => None,
         }
     }
@@ -159,6 +161,17 @@ pub fn mount_private_tmpfs(path: &Path, size: &str) -> Result<bool, MountError> 
     mount(Some("shm"), path, Some("tmpfs"), flags, Some(data.as_str()))
         .map_err(|source| MountError::Tmpfs { path: path.to_path_buf(), source })?;
     Ok(true)
+}
+
+/// Bind-mounts the file `src` onto the existing file `target` (private, as
+/// its parent). CRIU dumps such a mount as external when told its
+/// mountpoint, and a restore maps it to another file with
+/// `--external mnt[KEY]:PATH` — what cns does for each workload's log.
+pub fn bind_file(src: &Path, target: &Path) -> Result<(), MountError> {
+    mount(Some(src), target, None::<&str>, MsFlags::MS_BIND, None::<&str>)
+        .map_err(|source| MountError::Bind { src: src.to_path_buf(), target: target.to_path_buf(), source })?;
+    mount(None::<&str>, target, None::<&str>, MsFlags::MS_PRIVATE, None::<&str>)
+        .map_err(|source| MountError::Bind { src: src.to_path_buf(), target: target.to_path_buf(), source })
 }
 
 /// The whole mount-namespace preparation, in order. Must run inside a fresh
