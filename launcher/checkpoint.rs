@@ -80,6 +80,7 @@ pub fn dump(ctx: &Ctx, args: DumpArgs) -> anyhow::Result<i32> {
         println!("{}", dump_cmdline(&criu.path, pid, &images, &flags, args.leave_running, &dump_externals(&w)));
         return Ok(0);
     }
+    let mut skip_in_flight = args.tcp_skip_in_flight;
     let parent = images.parent().unwrap_or(Path::new("/")).to_path_buf();
     store::mkdir_private(&parent).with_context(|| format!("cannot create {}", parent.display()))?;
     if !args.no_preflight {
@@ -93,6 +94,7 @@ pub fn dump(ctx: &Ctx, args: DumpArgs) -> anyhow::Result<i32> {
         }
         flags.tcp_established |= needs.tcp_established;
         flags.file_locks |= needs.file_locks;
+        skip_in_flight |= needs.tcp_skip_in_flight;
     }
     // Dump into a staging directory: a failed dump never damages the last good checkpoint.
     let staging = parent.join(format!(".{}.dump-{}", images.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(), std::process::id()));
@@ -106,6 +108,7 @@ pub fn dump(ctx: &Ctx, args: DumpArgs) -> anyhow::Result<i32> {
         log_file: cns_engine::image::DUMP_LOG.into(),
         leave_running: args.leave_running,
         tcp_established: flags.tcp_established,
+        tcp_skip_in_flight: skip_in_flight,
         ext_unix_sk: flags.ext_unix_sk,
         file_locks: flags.file_locks,
         shell_job: flags.shell_job,
@@ -155,6 +158,14 @@ pub fn dump(ctx: &Ctx, args: DumpArgs) -> anyhow::Result<i32> {
         network::delete_host_end(&w.net);
     }
     l.save(&w)?;
+    drop(l);
+    if !args.leave_running {
+        // The monitor records the end of the old tree and exits, freeing
+        // published ports; an immediate restore must find them free.
+        if let Some(shim) = w.shim_pid.filter(|&p| p != std::process::id() as i32) {
+            monitor::wait_gone(shim, w.shim_start, std::time::Duration::from_secs(5));
+        }
+    }
     print_dump_stats(ctx, &w.name, &images, stats.as_ref(), args.json);
     Ok(0)
 }
@@ -292,7 +303,7 @@ pub fn restore(ctx: &Ctx, args: RestoreArgs) -> anyhow::Result<i32> {
     };
     let in_place = new_name == meta.workload.name;
     let mut rollback = network::Rollback::new(ctx, &new_name);
-    let res = (|| -> anyhow::Result<(i32, Option<RestoreStats>)> {
+    let res = (|| -> anyhow::Result<(i32, i32, Option<RestoreStats>)> {
         // Network: in place keeps address and host name; a copy gets its own.
         let mut net = meta.workload.net.clone();
         if net.mode == "veth" {
@@ -333,7 +344,7 @@ pub fn restore(ctx: &Ctx, args: RestoreArgs) -> anyhow::Result<i32> {
         };
         if args.print_criu_cmdline {
             println!("{}", restore_cmdline(&criu.path, &plan, args.pidfile.as_deref()));
-            return Ok((0, None));
+            return Ok((0, 0, None));
         }
         if !args.no_preflight {
             let links = cns_netns::Netlink::new().and_then(|n| n.link_names()).unwrap_or_default();
@@ -344,33 +355,41 @@ pub fn restore(ctx: &Ctx, args: RestoreArgs) -> anyhow::Result<i32> {
                 }
             }
         }
+        let mut published = Some(crate::publish::bind(&plan.net)?);
         let log_file = crate::run::create_log(&log, !in_place)?;
         record.net = plan.net.clone();
         record.log = log.clone();
         let work = |ctx: &Ctx| restore_now(ctx, &criu.path, &plan, &log_file);
         progress(ctx, &format!("restoring {new_name}"));
+        let mut shim = std::process::id() as i32;
         let pid = if args.detach {
             let mut w = || {
                 work(ctx).map(|(pid, _)| {
-                    crate::publish::spawn_forwarders(&plan.net);
+                    if let Some(p) = published.take() {
+                        p.serve(&plan.net);
+                    }
                     pid
                 }).map_err(|e| {
                     let (m, h) = crate::error::render(&e);
                     (m, h.unwrap_or_default(), crate::error::status_of(&e))
                 })
             };
-            match monitor::spawn_detached(&ctx.store, &new_name, locked.lock_fd(), &mut w)? {
+            let (report, monitor) = monitor::spawn_detached(&ctx.store, &new_name, locked.lock_fd(), &mut w)?;
+            shim = monitor;
+            match report {
                 Report::Started { pid } => pid,
                 Report::Failed { message, hint, status } => return Err(crate::error::hinted_status(message, hint, status)),
             }
         } else {
             let (pid, _) = work(ctx)?;
-            crate::publish::spawn_forwarders(&plan.net);
+            if let Some(p) = published.take() {
+                p.serve(&plan.net);
+            }
             pid
         };
-        Ok((pid, ImageDir::new(&images).restore_stats().ok()))
+        Ok((pid, shim, ImageDir::new(&images).restore_stats().ok()))
     })();
-    let (pid, stats) = match res {
+    let (pid, shim, stats) = match res {
         Ok(v) => v,
         Err(e) => {
             rollback.run();
@@ -393,6 +412,8 @@ pub fn restore(ctx: &Ctx, args: RestoreArgs) -> anyhow::Result<i32> {
     record.state = State::Running;
     record.pid = Some(pid);
     record.pid_start = store::process_start(pid);
+    record.shim_pid = Some(shim);
+    record.shim_start = store::process_start(shim);
     record.exit_code = None;
     record.images = Some(images.clone());
     record.restored_from = Some(meta.workload.name.clone());
@@ -540,6 +561,7 @@ mod adopt {
             pid: Some(pid),
             pid_start: store::process_start(pid),
             shim_pid: None,
+            shim_start: None,
             exit_code: None,
             log: ctx.store.paths.log_file(&args.name),
             stdio_mount: None,
@@ -553,7 +575,7 @@ mod adopt {
         };
         l.save(&w)?;
         drop(l);
-        let mut a = DumpArgs { name: args.name.clone(), pid: None, leave_running: args.leave_running, images: args.images.clone(), criu: args.criu.clone(), no_preflight: args.no_preflight, print_criu_cmdline: false, json: args.json };
+        let mut a = DumpArgs { name: args.name.clone(), pid: None, leave_running: args.leave_running, tcp_skip_in_flight: args.tcp_skip_in_flight, images: args.images.clone(), criu: args.criu.clone(), no_preflight: args.no_preflight, print_criu_cmdline: false, json: args.json };
         a.pid = None;
         let r = super::dump(ctx, a);
         if r.is_err() {

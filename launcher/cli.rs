@@ -168,6 +168,9 @@ pub struct DumpArgs {
     /// Keep the workload running after the dump
     #[arg(long)]
     pub leave_running: bool,
+    /// Drop connections still waiting in a listen queue (clients reconnect)
+    #[arg(long)]
+    pub tcp_skip_in_flight: bool,
     /// Image directory (default /var/lib/cns/images/NAME)
     #[arg(long, value_name = "DIR")]
     pub images: Option<PathBuf>,

@@ -24,13 +24,13 @@ pub enum Report {
 /// Forks a detached monitor. In the monitor, `work` starts the workload and
 /// returns the root's PID (or an error); the monitor reports that through a
 /// pipe, then waits for the root and records its exit. The caller gets the
-/// report.
+/// report and the monitor's PID.
 pub fn spawn_detached(
     store: &Store,
     name: &str,
     lock_fd: std::os::fd::RawFd,
     work: &mut dyn FnMut() -> Result<i32, (String, String, i32)>,
-) -> anyhow::Result<Report> {
+) -> anyhow::Result<(Report, i32)> {
     let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
     // SAFETY: cns is single-threaded here; the child runs the monitor and
     // leaves with _exit.
@@ -74,7 +74,7 @@ pub fn spawn_detached(
             if matches!(report, Report::Failed { .. }) {
                 let _ = waitpid(child, None);
             }
-            Ok(report)
+            Ok((report, child.as_raw()))
         }
     }
 }
@@ -86,6 +86,26 @@ fn detach_stdio() {
             unsafe { libc::dup2(null.as_raw_fd(), fd) };
         }
     }
+}
+
+/// Waits up to `timeout` for `pid` (any process, started at `start`) to be
+/// gone, with a pidfd so no PID reuse can fool it.
+pub fn wait_gone(pid: i32, start: Option<u64>, timeout: std::time::Duration) -> bool {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return true;
+    }
+    // SAFETY: the kernel just gave us this fd; we own it from here.
+    let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as i32) };
+    if !crate::store::process_matches(pid, start) {
+        return true;
+    }
+    let mut p = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+    let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+    // SAFETY: one valid pollfd.
+    let r = unsafe { libc::poll(&mut p, 1, ms) };
+    r == 1
 }
 
 /// Waits for `pid` (a child of this process) and returns its exit code.

@@ -12,20 +12,33 @@ use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream};
 
 use crate::store::NetConfig;
 
-/// Binds every published port now (so a clash is reported) and serves them
-/// on background threads for as long as this process lives.
-pub fn spawn_forwarders(net: &NetConfig) {
-    let Some(addrs) = net.addrs else { return };
+/// Listeners of a workload's published ports, bound before the workload
+/// starts so that a taken port is an error, not a silent gap.
+pub struct Published {
+    listeners: Vec<(TcpListener, u16)>,
+}
+
+/// Binds every published port of `net` on all host addresses.
+pub fn bind(net: &NetConfig) -> anyhow::Result<Published> {
+    let mut listeners = Vec::new();
     for &(host_port, port) in &net.publish {
-        let listener = match TcpListener::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, host_port)) {
-            Ok(l) => l,
-            Err(e) => {
-                tracing::warn!(host_port, error = %e, "cannot publish port");
-                continue;
-            }
-        };
-        let target = SocketAddrV4::new(addrs.inner, port);
-        std::thread::spawn(move || serve(listener, target));
+        let l = TcpListener::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, host_port)).map_err(|e| {
+            crate::error::hinted(format!("cannot publish host port {host_port}: {e}"), "pick another HOSTPORT in -p HOSTPORT:PORT, or stop what listens there")
+        })?;
+        listeners.push((l, port));
+    }
+    Ok(Published { listeners })
+}
+
+impl Published {
+    /// Forwards each port to the workload's inner address on background
+    /// threads, for as long as this process lives.
+    pub fn serve(self, net: &NetConfig) {
+        let Some(addrs) = net.addrs else { return };
+        for (listener, port) in self.listeners {
+            let target = SocketAddrV4::new(addrs.inner, port);
+            std::thread::spawn(move || serve(listener, target));
+        }
     }
 }
 

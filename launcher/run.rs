@@ -105,6 +105,7 @@ pub fn run(ctx: &Ctx, args: RunArgs) -> anyhow::Result<i32> {
             pid: None,
             pid_start: None,
             shim_pid: None,
+            shim_start: None,
             exit_code: None,
             log: log.clone(),
             stdio_mount: Some(stdio_mount.clone()),
@@ -130,17 +131,23 @@ pub fn run(ctx: &Ctx, args: RunArgs) -> anyhow::Result<i32> {
             init_binary: spawn::init_binary(&ctx.store.paths.lib)?,
         };
         let net = w.net.clone();
+        let mut published = Some(crate::publish::bind(&net)?);
         let mut before_go = |pid: i32| network::attach(&net, pid);
+        let mut shim = std::process::id() as i32;
         let pid = if args.detach {
             let store = ctx.store.clone();
             let mut work = || match spawn::start(&spec, &mut before_go) {
                 Ok(pid) => {
-                    crate::publish::spawn_forwarders(&net);
+                    if let Some(p) = published.take() {
+                        p.serve(&net);
+                    }
                     Ok(pid)
                 }
                 Err(e) => Err(spawn_failure(&e)),
             };
-            match monitor::spawn_detached(&store, &name, locked.lock_fd(), &mut work)? {
+            let (report, monitor) = monitor::spawn_detached(&store, &name, locked.lock_fd(), &mut work)?;
+            shim = monitor;
+            match report {
                 Report::Started { pid } => pid,
                 Report::Failed { message, hint, status } => {
                     return Err(crate::error::hinted_status(message, hint, status));
@@ -151,12 +158,16 @@ pub fn run(ctx: &Ctx, args: RunArgs) -> anyhow::Result<i32> {
                 let (m, h, s) = spawn_failure(&e);
                 crate::error::hinted_status(m, h, s)
             })?;
-            crate::publish::spawn_forwarders(&net);
+            if let Some(p) = published.take() {
+                p.serve(&net);
+            }
             pid
         };
         w.state = State::Running;
         w.pid = Some(pid);
         w.pid_start = store::process_start(pid);
+        w.shim_pid = Some(shim);
+        w.shim_start = store::process_start(shim);
         w.namespaces = spawn::namespace_inodes(pid);
         locked.save(&w)?;
         if let Some(p) = &args.pidfile {

@@ -95,6 +95,8 @@ pub struct Workload {
     pub pid_start: Option<u64>,
     /// Host PID of the monitor that waits for the root.
     pub shim_pid: Option<i32>,
+    #[serde(default)]
+    pub shim_start: Option<u64>,
     pub exit_code: Option<i32>,
     pub log: PathBuf,
     /// Where the log is bind-mounted inside the mount ns (stdout/stderr are

@@ -137,3 +137,71 @@ fn twenty_concurrent_runs_get_distinct_addresses() {
     ips.dedup();
     assert_eq!(ips.len(), 20);
 }
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+}
+
+fn connect_to(addr: &str) -> (TcpStream, BufReader<TcpStream>) {
+    let mut last = None;
+    for _ in 0..100 {
+        match TcpStream::connect(addr) {
+            Ok(s) => {
+                s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+                let r = BufReader::new(s.try_clone().expect("clone"));
+                return (s, r);
+            }
+            Err(e) => last = Some(e),
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("cannot connect to {addr}: {last:?}");
+}
+
+#[test]
+fn published_port_answers_before_and_after_dump_and_restore() {
+    let n = name("pub");
+    let other = name("pub2");
+    let _c = Cleanup(vec![n.clone(), other.clone()]);
+    let port = free_port();
+    let script = format!("{ECHO}{SERVE_FOREVER}");
+    ok(&["run", "-d", "--name", &n, "-p", &format!("{port}:7000"), "--", "python3", "-c", &script]);
+    wait_for("the server", 20, || log_of(&n).contains("listening"));
+    let addr = format!("127.0.0.1:{port}");
+    let (mut s, mut r) = connect_to(&addr);
+    assert_eq!(echo_once(&mut s, &mut r, "one"), "one");
+    drop((s, r));
+    // The same host port cannot be published twice: a clear error, nothing started.
+    let err = fails(&["run", "-d", "--name", &other, "-p", &format!("{port}:7000"), "--", "sleep", "100"]);
+    assert!(err.contains(&format!("cannot publish host port {port}")), "{err}");
+    assert!(ps_entry(&other).is_none(), "a failed run left a record");
+    ok(&["dump", &n]);
+    ok(&["restore", "-d", &n]);
+    let (mut s, mut r) = connect_to(&addr);
+    assert_eq!(echo_once(&mut s, &mut r, "two"), "two", "the published port does not answer after restore");
+}
+
+#[test]
+fn twenty_runs_release_all_their_leases_at_rm() {
+    let names: Vec<String> = (0..20).map(|i| name(&format!("lease{i}"))).collect();
+    let _c = Cleanup(names.clone());
+    let hs: Vec<_> = names.iter().cloned().map(|n| std::thread::spawn(move || ok(&["run", "-d", "--name", &n, "--", "sleep", "1000"]))).collect();
+    for h in hs {
+        h.join().expect("join");
+    }
+    let held = |n: &str| {
+        std::fs::read_dir("/run/cns/.leases")
+            .map(|rd| rd.flatten().filter_map(|e| std::fs::read_to_string(e.path()).ok()).any(|l| l.contains(&format!("\"{n}\""))))
+            .unwrap_or(false)
+    };
+    assert!(names.iter().all(|n| held(n)), "a running workload has no lease");
+    let veths: Vec<String> = names.iter().map(|n| ps_entry(n).and_then(|e| e["host_if"].as_str().map(String::from)).expect("host_if")).collect();
+    let hs: Vec<_> = names.iter().cloned().map(|n| std::thread::spawn(move || ok(&["rm", "-f", &n]))).collect();
+    for h in hs {
+        h.join().expect("join");
+    }
+    let left: Vec<&String> = names.iter().filter(|n| held(n)).collect();
+    assert!(left.is_empty(), "leases left after rm: {left:?}");
+    let links = links_named("cns-");
+    assert!(veths.iter().all(|v| !links.contains(v)), "veths left after rm");
+}

@@ -36,6 +36,7 @@ impl Finding {
 #[derive(Debug, Default, Clone, serde::Serialize)]
 pub struct DumpNeeds {
     pub tcp_established: bool,
+    pub tcp_skip_in_flight: bool,
     pub file_locks: bool,
     pub findings: Vec<Finding>,
 }
@@ -79,20 +80,48 @@ fn socket_inodes(pids: &[i32]) -> BTreeSet<u64> {
     s
 }
 
-/// Established TCP sockets owned by the tree, from /proc/PID/net/tcp{,6}.
-fn established_tcp(root: i32, inodes: &BTreeSet<u64>) -> usize {
-    let mut n = 0;
-    for f in ["tcp", "tcp6"] {
-        let Ok(text) = fs::read_to_string(format!("/proc/{root}/net/{f}")) else { continue };
-        for line in text.lines().skip(1) {
-            let cols: Vec<&str> = line.split_whitespace().collect();
-            // st is column 3 (01 = ESTABLISHED), inode column 9.
-            if cols.get(3) == Some(&"01") && cols.get(9).and_then(|i| i.parse::<u64>().ok()).is_some_and(|i| inodes.contains(&i)) {
-                n += 1;
-            }
+/// TCP sockets of the tree that CRIU treats specially.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct TcpCounts {
+    /// Connected (established, half-closed, closing, connecting): CRIU
+    /// refuses them without --tcp-established.
+    pub connected: usize,
+    /// Listening sockets with connections waiting in the accept queue: CRIU
+    /// refuses them without --tcp-skip-in-flight.
+    pub in_flight: usize,
+}
+
+/// Counts the tree's TCP sockets in the text of /proc/PID/net/tcp{,6}.
+pub fn count_tcp(text: &str, inodes: &BTreeSet<u64>) -> TcpCounts {
+    // Kernel TCP states, as CRIU's can_dump_inet_sk sorts them.
+    const CONNECTED: [&str; 7] = ["01", "02", "04", "05", "08", "09", "0B"];
+    const LISTEN: &str = "0A";
+    let mut c = TcpCounts::default();
+    for line in text.lines().skip(1) {
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        // st is column 3, tx_queue:rx_queue column 4, inode column 9.
+        let (Some(st), Some(queues), Some(ino)) = (cols.get(3), cols.get(4), cols.get(9).and_then(|i| i.parse::<u64>().ok())) else { continue };
+        if !inodes.contains(&ino) {
+            continue;
+        }
+        if CONNECTED.contains(st) {
+            c.connected += 1;
+        } else if *st == LISTEN && queues.split(':').nth(1).is_some_and(|rx| u64::from_str_radix(rx, 16).is_ok_and(|n| n > 0)) {
+            c.in_flight += 1;
         }
     }
-    n
+    c
+}
+
+fn tree_tcp(root: i32, inodes: &BTreeSet<u64>) -> TcpCounts {
+    let mut all = TcpCounts::default();
+    for f in ["tcp", "tcp6"] {
+        let Ok(text) = fs::read_to_string(format!("/proc/{root}/net/{f}")) else { continue };
+        let c = count_tcp(&text, inodes);
+        all.connected += c.connected;
+        all.in_flight += c.in_flight;
+    }
+    all
 }
 
 /// Parses /proc/locks and returns how many locks belong to `pids`.
@@ -110,15 +139,25 @@ pub fn check_dump(root: i32, shell_job: bool, images_parent: &Path) -> DumpNeeds
     let mut needs = DumpNeeds::default();
     let pids = tree_pids(root);
     let inodes = socket_inodes(&pids);
-    let tcp = established_tcp(root, &inodes);
-    if tcp > 0 {
+    let tcp = tree_tcp(root, &inodes);
+    if tcp.connected > 0 {
         needs.tcp_established = true;
         needs.findings.push(Finding::new(
             Severity::Warning,
             "tcp-established",
-            format!("{tcp} established TCP connection(s)"),
-            "the tree holds established TCP connections",
+            format!("{} connected TCP socket(s)", tcp.connected),
+            "the tree holds established (or half-closed) TCP connections",
             "cns dumps with --tcp-established (the network is locked while it dumps)",
+        ));
+    }
+    if tcp.in_flight > 0 {
+        needs.tcp_skip_in_flight = true;
+        needs.findings.push(Finding::new(
+            Severity::Warning,
+            "tcp-in-flight",
+            format!("{} listening socket(s) with unaccepted connections", tcp.in_flight),
+            "connections wait in a listen queue; they cannot be checkpointed",
+            "cns dumps with --tcp-skip-in-flight: those clients will have to reconnect",
         ));
     }
     let locks = fs::read_to_string("/proc/locks").unwrap_or_default();
@@ -248,6 +287,20 @@ pub fn check_image(img: &ImageDir, memory_limit: Option<u64>, host_if: Option<&s
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sorts_tcp_states_like_criu() {
+        let text = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 00000000:1B58 00000000:0000 0A 00000000:00000002 00:00000000 00000000     0        0 100 1
+   1: 0100007F:1B58 0100007F:A000 01 00000000:00000000 00:00000000 00000000     0        0 101 1
+   2: 0100007F:1B58 0100007F:A001 08 00000000:00000000 00:00000000 00000000     0        0 102 1
+   3: 0100007F:1B58 0100007F:A002 06 00000000:00000000 00:00000000 00000000     0        0 0 1
+   4: 0100007F:1B59 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 103 1
+   5: 0100007F:1B58 0100007F:A003 01 00000000:00000000 00:00000000 00000000     0        0 999 1
+";
+        let inodes: BTreeSet<u64> = [100, 101, 102, 103].into_iter().collect();
+        assert_eq!(count_tcp(text, &inodes), TcpCounts { connected: 2, in_flight: 1 });
+    }
 
     #[test]
     fn counts_locks_of_the_tree() {

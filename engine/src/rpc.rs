@@ -89,6 +89,8 @@ pub struct DumpRequest<'a> {
     pub log_file: String,
     pub leave_running: bool,
     pub tcp_established: bool,
+    /// Skip connections still waiting in a listen queue.
+    pub tcp_skip_in_flight: bool,
     pub ext_unix_sk: bool,
     pub file_locks: bool,
     pub shell_job: bool,
@@ -269,6 +271,7 @@ impl Swrk {
             pid: Some(r.pid),
             leave_running: Some(r.leave_running),
             tcp_established: Some(r.tcp_established),
+            tcp_skip_in_flight: Some(r.tcp_skip_in_flight),
             ext_unix_sk: Some(r.ext_unix_sk),
             file_locks: Some(r.file_locks),
             shell_job: Some(r.shell_job),
