@@ -94,6 +94,7 @@ pub fn dump(ctx: &Ctx, args: DumpArgs) -> anyhow::Result<i32> {
         }
         flags.tcp_established |= needs.tcp_established;
         flags.file_locks |= needs.file_locks;
+        flags.ext_unix_sk |= needs.ext_unix_sk;
         skip_in_flight |= needs.tcp_skip_in_flight;
     }
     // Dump into a staging directory: a failed dump never damages the last good checkpoint.
@@ -349,7 +350,10 @@ pub fn restore(ctx: &Ctx, args: RestoreArgs) -> anyhow::Result<i32> {
         if !args.no_preflight {
             let links = cns_netns::Netlink::new().and_then(|n| n.link_names()).unwrap_or_default();
             let host_if = if in_place { None } else { plan.net.host_if.as_deref() };
-            for f in preflight::check_image(&img, None, host_if, &links) {
+            if let Some(m) = &meta.workload.stdio_mount {
+                ensure_file(m)?;
+            }
+            for f in preflight::check_image(&img, args.memory_limit.map(|m| m << 20), host_if, &links) {
                 if f.severity == Severity::Blocker {
                     bail_hint!(f.fix.clone(), "cannot restore {}: {} ({})", args.name, f.message, f.object);
                 }

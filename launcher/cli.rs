@@ -211,6 +211,10 @@ pub struct RestoreArgs {
     /// Skip the pre-flight check
     #[arg(long)]
     pub no_preflight: bool,
+    /// Memory the restore may use, in MiB, for the pre-flight (default:
+    /// MemAvailable and the memory cgroup's limit)
+    #[arg(long, value_name = "MIB")]
+    pub memory_limit: Option<u64>,
     /// Print the equivalent plain `criu restore` command line and exit
     #[arg(long)]
     pub print_criu_cmdline: bool,

@@ -13,6 +13,7 @@ pub mod explain;
 pub mod image;
 pub mod preflight;
 pub mod rpc;
+pub mod sockdiag;
 
 /// Types generated from `proto/rpc.proto` and `proto/images.proto`.
 #[allow(missing_docs, missing_debug_implementations, clippy::all)]

@@ -6,6 +6,7 @@ use std::fs;
 use std::path::Path;
 
 use crate::image::ImageDir;
+use crate::sockdiag::UnixSocket;
 
 /// How bad a finding is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
@@ -37,6 +38,7 @@ impl Finding {
 pub struct DumpNeeds {
     pub tcp_established: bool,
     pub tcp_skip_in_flight: bool,
+    pub ext_unix_sk: bool,
     pub file_locks: bool,
     pub findings: Vec<Finding>,
 }
@@ -124,6 +126,42 @@ fn tree_tcp(root: i32, inodes: &BTreeSet<u64>) -> TcpCounts {
     all
 }
 
+/// Unix sockets CRIU cannot dump, or dumps only with --ext-unix-sk.
+pub fn unix_findings(all: &[UnixSocket], tree: &BTreeSet<u64>, needs: &mut DumpNeeds) {
+    const ESTABLISHED: u8 = 1;
+    for s in all.iter().filter(|s| tree.contains(&s.ino)) {
+        let object = format!("unix socket {}", s.ino);
+        if s.is_stream() && s.state == ESTABLISHED {
+            if s.peer != 0 && !tree.contains(&s.peer) {
+                needs.findings.push(Finding::new(
+                    Severity::Blocker,
+                    "unix-stream-external",
+                    format!("{object} (peer {})", s.peer),
+                    "a stream unix connection has its other end outside the tree; CRIU can dump only half of it",
+                    "close the connection before the dump, or run its peer inside the workload",
+                ));
+            } else if s.peer == 0 && s.shutdown != 3 {
+                needs.findings.push(Finding::new(
+                    Severity::Blocker,
+                    "unix-stream-dangling",
+                    object,
+                    "a stream unix socket lost its peer but is not shut down both ways (CRIU: dangling connection)",
+                    "close the socket (or shutdown(SHUT_RDWR) it) before the dump",
+                ));
+            }
+        } else if !s.is_stream() && s.peer != 0 && !tree.contains(&s.peer) {
+            needs.ext_unix_sk = true;
+            needs.findings.push(Finding::new(
+                Severity::Warning,
+                "unix-dgram-external",
+                format!("{object} (peer {})", s.peer),
+                "a datagram unix socket is connected outside the tree",
+                "cns dumps with --ext-unix-sk; the peer must exist at restore",
+            ));
+        }
+    }
+}
+
 /// Parses /proc/locks and returns how many locks belong to `pids`.
 pub fn locks_held(locks: &str, pids: &[i32]) -> usize {
     locks
@@ -159,6 +197,10 @@ pub fn check_dump(root: i32, shell_job: bool, images_parent: &Path) -> DumpNeeds
             "connections wait in a listen queue; they cannot be checkpointed",
             "cns dumps with --tcp-skip-in-flight: those clients will have to reconnect",
         ));
+    }
+    match crate::sockdiag::unix_sockets(Some(root)) {
+        Ok(all) => unix_findings(&all, &inodes, &mut needs),
+        Err(e) => tracing::debug!(error = %e, "sock_diag unavailable; unix sockets not checked"),
     }
     let locks = fs::read_to_string("/proc/locks").unwrap_or_default();
     let nlocks = locks_held(&locks, &pids);
@@ -225,6 +267,56 @@ pub fn mem_available() -> Option<u64> {
     text.lines().find_map(|l| l.strip_prefix("MemAvailable:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok()).map(|k| k * 1024)
 }
 
+/// Memory a restore started by this process may use: the smaller of
+/// MemAvailable and what the memory cgroups this process is in (and their
+/// ancestors) still allow. CRIU's restore is killed by the cgroup's OOM
+/// killer past that point.
+pub fn memory_budget() -> Option<u64> {
+    let cg = fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    let limits = cgroup_limits(&cg, |p| fs::read_to_string(p).ok());
+    match (mem_available(), limits) {
+        (Some(a), Some(l)) => Some(a.min(l)),
+        (a, l) => a.or(l),
+    }
+}
+
+/// The tightest `limit - usage` over the memory cgroups named in
+/// /proc/self/cgroup text and their ancestors, v1 or v2. `read` reads a file.
+pub fn cgroup_limits(self_cgroup: &str, read: impl Fn(&str) -> Option<String>) -> Option<u64> {
+    let num = |p: &str| read(p).and_then(|t| t.trim().parse::<u64>().ok());
+    let mut best: Option<u64> = None;
+    for line in self_cgroup.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (Some(_), Some(ctrl), Some(path)) = (parts.next(), parts.next(), parts.next()) else { continue };
+        let (base, limit_f, usage_f) = if ctrl.split(',').any(|c| c == "memory") {
+            ("/sys/fs/cgroup/memory", "memory.limit_in_bytes", "memory.usage_in_bytes")
+        } else if ctrl.is_empty() {
+            ("/sys/fs/cgroup", "memory.max", "memory.current")
+        } else {
+            continue;
+        };
+        let mut p = path.trim_end_matches('/').to_string();
+        loop {
+            let dir = format!("{base}{p}");
+            if let (Some(limit), Some(usage)) = (num(&format!("{dir}/{limit_f}")), num(&format!("{dir}/{usage_f}"))) {
+                // v1 reports "no limit" as a huge number; v2 as "max" (not a number).
+                if limit < (1 << 60) {
+                    let left = limit.saturating_sub(usage);
+                    best = Some(best.map_or(left, |b| b.min(left)));
+                }
+            }
+            match p.rfind('/') {
+                Some(i) => p.truncate(i),
+                None => break,
+            }
+            if p.is_empty() {
+                break;
+            }
+        }
+    }
+    best
+}
+
 /// Checks an image before a restore: files it references, memory, veth name.
 pub fn check_image(img: &ImageDir, memory_limit: Option<u64>, host_if: Option<&str>, host_links: &[String]) -> Vec<Finding> {
     let mut out = Vec::new();
@@ -242,10 +334,10 @@ pub fn check_image(img: &ImageDir, memory_limit: Option<u64>, host_if: Option<&s
                 match fs::metadata(&path) {
                     Err(_) => out.push(Finding::new(Severity::Blocker, "file-missing", path.clone(), "a file the checkpoint uses is missing", "put the file back at this path (same content as at dump time)")),
                     Ok(m) => {
-                        // CRIU checks sizes of files it maps or opened read-only;
-                        // appended logs are re-pointed by cns (inherit_fd).
+                        // CRIU records (and checks) sizes of files it maps or
+                        // opened other than write-only append, like logs.
                         if let Some(size) = f.size {
-                            if m.is_file() && m.len() != size && !path.starts_with("/var/lib/cns/logs/") {
+                            if m.is_file() && m.len() != size {
                                 out.push(Finding::new(
                                     Severity::Blocker,
                                     "file-changed",
@@ -262,7 +354,7 @@ pub fn check_image(img: &ImageDir, memory_limit: Option<u64>, host_if: Option<&s
         Err(e) => out.push(Finding::new(Severity::Blocker, "image", img.file("files.img").display().to_string(), e.to_string(), "dump again")),
     }
     let pages = img.page_bytes().unwrap_or(0);
-    let limit = memory_limit.or_else(mem_available).unwrap_or(u64::MAX);
+    let limit = memory_limit.or_else(memory_budget).unwrap_or(u64::MAX);
     let need = pages + pages / 10 + (8 << 20);
     if need > limit {
         out.push(Finding::new(
@@ -287,6 +379,45 @@ pub fn check_image(img: &ImageDir, memory_limit: Option<u64>, host_if: Option<&s
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unix_peers_outside_the_tree_block_streams_and_flag_dgrams() {
+        let st = libc::SOCK_STREAM as u8;
+        let dg = libc::SOCK_DGRAM as u8;
+        let all = [
+            UnixSocket { ino: 1, kind: st, state: 1, peer: 2, shutdown: 0 },
+            UnixSocket { ino: 2, kind: st, state: 1, peer: 1, shutdown: 0 },
+            UnixSocket { ino: 3, kind: st, state: 1, peer: 99, shutdown: 0 },
+            UnixSocket { ino: 4, kind: st, state: 1, peer: 0, shutdown: 3 },
+            UnixSocket { ino: 5, kind: st, state: 1, peer: 0, shutdown: 1 },
+            UnixSocket { ino: 6, kind: dg, state: 7, peer: 98, shutdown: 0 },
+            UnixSocket { ino: 7, kind: st, state: 1, peer: 97, shutdown: 0 },
+        ];
+        let tree: BTreeSet<u64> = (1..=6).collect();
+        let mut n = DumpNeeds::default();
+        unix_findings(&all, &tree, &mut n);
+        let codes: Vec<&str> = n.findings.iter().map(|f| f.code).collect();
+        assert_eq!(codes, ["unix-stream-external", "unix-stream-dangling", "unix-dgram-external"]);
+        assert!(n.ext_unix_sk);
+    }
+
+    #[test]
+    fn cgroup_limits_take_the_tightest_ancestor() {
+        let files: std::collections::HashMap<&str, &str> = [
+            ("/sys/fs/cgroup/memory/a/b/memory.limit_in_bytes", "104857600\n"),
+            ("/sys/fs/cgroup/memory/a/b/memory.usage_in_bytes", "4857600\n"),
+            ("/sys/fs/cgroup/memory/a/memory.limit_in_bytes", "9223372036854771712\n"),
+            ("/sys/fs/cgroup/memory/a/memory.usage_in_bytes", "1\n"),
+            ("/sys/fs/cgroup/x/memory.max", "max\n"),
+            ("/sys/fs/cgroup/x/memory.current", "5\n"),
+        ]
+        .into_iter()
+        .collect();
+        let read = |p: &str| files.get(p).map(|s| s.to_string());
+        assert_eq!(cgroup_limits("5:memory:/a/b\n0::/x\n", read), Some(100_000_000));
+        assert_eq!(cgroup_limits("0::/x\n", read), None);
+        assert_eq!(cgroup_limits("", read), None);
+    }
 
     #[test]
     fn sorts_tcp_states_like_criu() {
