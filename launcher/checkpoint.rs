@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::cli::{CriuFlags, DumpArgs, RestoreArgs};
 use crate::monitor::{self, Report};
 use crate::store::{self, State, Workload};
-use crate::{Ctx, bail_hint, network};
+use crate::{Ctx, bail_hint, network, recovery};
 
 /// cns's metadata in an image directory (`cns.json`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -42,6 +42,44 @@ pub fn read_meta(dir: &Path) -> anyhow::Result<Meta> {
 fn open_dir(p: &Path) -> anyhow::Result<OwnedFd> {
     nix::fcntl::open(p, nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC, nix::sys::stat::Mode::empty())
         .with_context(|| format!("cannot open {}", p.display()))
+}
+
+/// Restore pre-flight facts only cns's metadata knows: CRIU and kernel
+/// versions, published ports.
+pub fn meta_findings(meta: &Meta, criu: Option<&cns_engine::Criu>, check_ports: bool) -> Vec<preflight::Finding> {
+    use preflight::Finding;
+    let mut out = Vec::new();
+    if let Some(c) = criu {
+        let dumped = cns_engine::CriuVersion::parse_version_output(&format!("Version: {}", meta.criu_version));
+        match dumped {
+            Some(d) if c.version < d => out.push(Finding::new(
+                Severity::Warning,
+                "criu-version",
+                format!("dumped by CRIU {d}, this is {}", c.version),
+                "an older CRIU may not read images of a newer one",
+                "install the CRIU that dumped it (scripts/install-criu)",
+            )),
+            _ => out.push(Finding::new(Severity::Ok, "criu-version", format!("dumped by CRIU {}", meta.criu_version), "this CRIU reads the image", "")),
+        }
+    }
+    let kernel = cns_engine::criu::kernel_release();
+    if kernel != meta.kernel {
+        out.push(Finding::new(
+            Severity::Warning,
+            "kernel",
+            format!("dumped on {}, running {kernel}", meta.kernel),
+            "a different kernel can lack features the image uses",
+            "run `cns check` here; restore fails clearly if a feature is missing",
+        ));
+    }
+    if check_ports {
+        for &(host, _) in &meta.workload.net.publish {
+            if std::net::TcpListener::bind(("0.0.0.0", host)).is_err() {
+                out.push(Finding::new(Severity::Blocker, "port", format!("host port {host}"), "a published port is taken on this host", "stop what listens there, or restore a copy with --as (copies publish nothing)"));
+            }
+        }
+    }
+    out
 }
 
 /// Explains a CRIU failure from its log, one sentence and the fix.
@@ -255,6 +293,8 @@ struct Plan {
     in_place: bool,
     net: store::NetConfig,
     log: PathBuf,
+    /// The workload's state dir, where the recovery marker lives.
+    state_dir: PathBuf,
 }
 
 pub fn restore(ctx: &Ctx, args: RestoreArgs) -> anyhow::Result<i32> {
@@ -304,7 +344,11 @@ pub fn restore(ctx: &Ctx, args: RestoreArgs) -> anyhow::Result<i32> {
     };
     let in_place = new_name == meta.workload.name;
     let mut rollback = network::Rollback::new(ctx, &new_name);
+    let mut marker = recovery::Marker::new(!existing);
     let res = (|| -> anyhow::Result<(i32, i32, Option<RestoreStats>)> {
+        if !args.print_criu_cmdline {
+            recovery::begin(&locked.dir, &marker)?;
+        }
         // Network: in place keeps address and host name; a copy gets its own.
         let mut net = meta.workload.net.clone();
         if net.mode == "veth" {
@@ -334,6 +378,12 @@ pub fn restore(ctx: &Ctx, args: RestoreArgs) -> anyhow::Result<i32> {
             }
         }
         let log = ctx.store.paths.log_file(&new_name);
+        // A failed restore leaves no veth, in place or not (CRIU's own
+        // cleanup is asynchronous: the netns dies after the restorees).
+        rollback.host_if = net.host_if.clone();
+        marker.lease = if in_place { None } else { rollback.lease };
+        marker.host_if = net.host_if.clone();
+        marker.log = (!in_place).then(|| log.clone());
         let plan = Plan {
             new_name: new_name.clone(),
             images: images.clone(),
@@ -342,6 +392,7 @@ pub fn restore(ctx: &Ctx, args: RestoreArgs) -> anyhow::Result<i32> {
             in_place,
             net,
             log: log.clone(),
+            state_dir: locked.dir.clone(),
         };
         if args.print_criu_cmdline {
             println!("{}", restore_cmdline(&criu.path, &plan, args.pidfile.as_deref()));
@@ -359,6 +410,7 @@ pub fn restore(ctx: &Ctx, args: RestoreArgs) -> anyhow::Result<i32> {
                 }
             }
         }
+        recovery::begin(&locked.dir, &marker)?;
         let mut published = Some(crate::publish::bind(&plan.net)?);
         let log_file = crate::run::create_log(&log, !in_place)?;
         record.net = plan.net.clone();
@@ -397,6 +449,7 @@ pub fn restore(ctx: &Ctx, args: RestoreArgs) -> anyhow::Result<i32> {
         Ok(v) => v,
         Err(e) => {
             rollback.run();
+            recovery::end(&locked.dir);
             if !existing {
                 let _ = ctx.store.remove(locked);
                 if !in_place {
@@ -423,6 +476,7 @@ pub fn restore(ctx: &Ctx, args: RestoreArgs) -> anyhow::Result<i32> {
     record.restored_from = Some(meta.workload.name.clone());
     record.namespaces = crate::spawn::namespace_inodes(pid);
     locked.save(&record)?;
+    recovery::end(&locked.dir);
     if let Some(p) = &args.pidfile {
         crate::run::write_pidfile(p, pid)?;
     }
@@ -496,6 +550,11 @@ fn restore_now(_ctx: &Ctx, criu: &Path, p: &Plan, log_file: &fs::File) -> anyhow
     let _ = log_file;
     let swrk = Swrk::start(criu, &[], criu_stderr(&p.images, &format!("criu-stderr-{}.log", p.new_name)))?;
     let res = swrk.restore(&req, &mut |n: &Notify| {
+        if n.script == "setup-namespaces" {
+            if let Some(pid) = n.pid {
+                recovery::set_root(&p.state_dir, pid);
+            }
+        }
         if n.script != "post-restore" {
             return NotifyAction::Continue;
         }
@@ -614,6 +673,9 @@ mod adopt {
         }
         if ret == 0 {
             drop(r);
+            // Dies with cns until the restore is reported (recovery.rs).
+            // SAFETY: prctl on ourselves.
+            unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
             let result = (|| -> anyhow::Result<i32> {
                 nix::unistd::setsid()?;
                 cns_mounts::make_rprivate()?;
@@ -640,6 +702,8 @@ mod adopt {
                     format!("err {m}\n{}", h.unwrap_or_default())
                 }
             };
+            // SAFETY: prctl on ourselves: the pid ns init outlives cns from here.
+            unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, 0) };
             let mut f = fs::File::from(w);
             let _ = std::io::Write::write_all(&mut f, msg.as_bytes());
             drop(f);

@@ -9,6 +9,7 @@ mod monitor;
 mod network;
 mod paths;
 mod publish;
+mod recovery;
 mod run;
 mod security;
 mod spawn;
@@ -71,6 +72,10 @@ fn init_logging(verbose: u8, quiet: bool) {
 }
 
 fn dispatch(ctx: &Ctx, command: Command) -> anyhow::Result<i32> {
+    let touches_store = !matches!(command, Command::Completions(_) | Command::Man(_));
+    if touches_store && nix::unistd::geteuid().is_root() {
+        recovery::sweep(ctx);
+    }
     match command {
         Command::Run(a) => run::run(ctx, a),
         Command::Ps(a) => lifecycle::ps(ctx, a),

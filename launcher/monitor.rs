@@ -32,11 +32,21 @@ pub fn spawn_detached(
     work: &mut dyn FnMut() -> Result<i32, (String, String, i32)>,
 ) -> anyhow::Result<(Report, i32)> {
     let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    let parent = nix::unistd::getpid().as_raw();
     // SAFETY: cns is single-threaded here; the child runs the monitor and
     // leaves with _exit.
     match unsafe { nix::unistd::fork() }? {
         ForkResult::Child => {
             drop(r);
+            // Until it has reported, the monitor dies with the command that
+            // forked it (and CRIU, its child, with it): see recovery.rs.
+            // SAFETY: prctl and getppid on ourselves.
+            unsafe {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                if libc::getppid() != parent {
+                    libc::_exit(1);
+                }
+            }
             // The inherited lock fd shares the caller's lock: close it (an
             // unlock here would release the caller's lock too).
             // SAFETY: closing our copy of an fd the caller still owns.
@@ -48,6 +58,10 @@ pub fn spawn_detached(
                 Err((message, hint, status)) => Report::Failed { message, hint, status },
             };
             let text = serde_json::to_vec(&report).unwrap_or_default();
+            // From here the monitor outlives the command (cleared before the
+            // report, which the command may act on and exit right away).
+            // SAFETY: prctl on ourselves.
+            unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, 0) };
             let mut f = std::fs::File::from(w);
             let _ = f.write_all(&text);
             drop(f);

@@ -6,7 +6,7 @@ use anyhow::Context;
 
 use crate::cli::RunArgs;
 use crate::monitor::{self, Report};
-use crate::network;
+use crate::{network, recovery};
 use crate::spawn::{self, Spec, SpawnError};
 use crate::store::{self, NetConfig, State, Workload};
 use crate::{Ctx, bail_hint};
@@ -87,11 +87,17 @@ pub fn run(ctx: &Ctx, args: RunArgs) -> anyhow::Result<i32> {
 
     let locked = ctx.store.create(&name)?;
     let mut rollback = network::Rollback::new(ctx, &name);
+    let mut marker = recovery::Marker::new(true);
     let result = (|| -> anyhow::Result<i32> {
+        recovery::begin(&locked.dir, &marker)?;
         let lease = network::lease(ctx, &name, &net_plan)?;
         rollback.lease = lease.clone();
         let host_if = lease.as_ref().map(|_| cns_netns::host_veth_name(&name));
         let log = ctx.store.paths.log_file(&name);
+        marker.lease = lease;
+        marker.host_if = host_if.clone();
+        marker.log = Some(log.clone());
+        recovery::begin(&locked.dir, &marker)?;
         create_log(&log, true)?;
         let stdio_mount = ctx.store.paths.ensure_stdio_mount().with_context(|| format!("cannot create {}", ctx.store.paths.stdio_mount().display()))?;
         let mut w = Workload {
@@ -136,8 +142,10 @@ pub fn run(ctx: &Ctx, args: RunArgs) -> anyhow::Result<i32> {
         let mut shim = std::process::id() as i32;
         let pid = if args.detach {
             let store = ctx.store.clone();
+            let state_dir = locked.dir.clone();
             let mut work = || match spawn::start(&spec, &mut before_go) {
                 Ok(pid) => {
+                    recovery::set_root(&state_dir, pid);
                     if let Some(p) = published.take() {
                         p.serve(&net);
                     }
@@ -158,6 +166,7 @@ pub fn run(ctx: &Ctx, args: RunArgs) -> anyhow::Result<i32> {
                 let (m, h, s) = spawn_failure(&e);
                 crate::error::hinted_status(m, h, s)
             })?;
+            recovery::set_root(&locked.dir, pid);
             if let Some(p) = published.take() {
                 p.serve(&net);
             }
@@ -170,6 +179,7 @@ pub fn run(ctx: &Ctx, args: RunArgs) -> anyhow::Result<i32> {
         w.shim_start = store::process_start(shim);
         w.namespaces = spawn::namespace_inodes(pid);
         locked.save(&w)?;
+        recovery::end(&locked.dir);
         if let Some(p) = &args.pidfile {
             write_pidfile(p, pid)?;
         }

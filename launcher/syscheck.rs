@@ -75,7 +75,11 @@ pub fn check(ctx: &Ctx, args: CheckArgs) -> anyhow::Result<i32> {
     if let Some(img) = &args.image {
         let dir = if img.contains('/') { PathBuf::from(img) } else { ctx.store.get(img).ok().and_then(|w| w.images).unwrap_or_else(|| ctx.images_root().join(img)) };
         let links = cns_netns::Netlink::new().and_then(|n| n.link_names()).unwrap_or_default();
-        let findings = preflight::check_image(&cns_engine::ImageDir::new(&dir), args.memory_limit.map(|m| m << 20), None, &links);
+        let mut findings = preflight::check_image(&cns_engine::ImageDir::new(&dir), args.memory_limit.map(|m| m << 20), None, &links);
+        if let Ok(meta) = crate::checkpoint::read_meta(&dir) {
+            let running = ctx.store.get(&meta.workload.name).is_ok_and(|w| w.live_state() == crate::store::State::Running);
+            findings.extend(crate::checkpoint::meta_findings(&meta, ctx.criu().ok().as_ref(), !running));
+        }
         return Ok(print_findings(&findings, args.json));
     }
     if let Some(name) = &args.name {

@@ -28,7 +28,7 @@ pub struct Finding {
 }
 
 impl Finding {
-    fn new(severity: Severity, code: &'static str, object: impl Into<String>, message: impl Into<String>, fix: impl Into<String>) -> Finding {
+    pub fn new(severity: Severity, code: &'static str, object: impl Into<String>, message: impl Into<String>, fix: impl Into<String>) -> Finding {
         Finding { severity, code, object: object.into(), message: message.into(), fix: fix.into() }
     }
 }

@@ -1,0 +1,178 @@
+//! Recovery from cns commands that died half-way (kill -9, OOM kill, a
+//! crash): nothing they started may be left behind.
+//!
+//! `cns run` and `cns restore` write a marker (`pending` in the workload's
+//! state dir) before they create anything, naming the command's PID, what
+//! it allocated, and — as soon as it is known — the PID of the new root.
+//! They remove it once the record is saved. Every later cns command first
+//! sweeps: a marker whose owner is dead means the command never finished,
+//! so its root is killed (that ends the whole pid namespace, and with it the
+//! mount and network namespaces and the veth), its lease released, its log
+//! removed, and a record it was creating deleted. Dump staging directories
+//! (`.NAME.dump-PID`) of dead dumps are removed the same way.
+//!
+//! The helpers of such a command die with it: the monitor and `criu swrk`
+//! run with PR_SET_PDEATHSIG, so a killed dump never leaves CRIU working on
+//! a frozen tree (CRIU's ptrace stop ends with CRIU, and the tree runs on).
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use cns_netns::LinkAddrs;
+use serde::{Deserialize, Serialize};
+
+use crate::Ctx;
+use crate::store::process_matches;
+
+const MARKER: &str = "pending";
+
+/// What an unfinished command leaves for the sweep.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Marker {
+    pub owner: i32,
+    pub owner_start: Option<u64>,
+    pub root: Option<i32>,
+    pub root_start: Option<u64>,
+    /// The command was creating the record: delete it.
+    pub new_record: bool,
+    pub lease: Option<LinkAddrs>,
+    pub host_if: Option<String>,
+    /// A log the command created for a new record.
+    pub log: Option<PathBuf>,
+}
+
+impl Marker {
+    pub fn new(new_record: bool) -> Marker {
+        let owner = std::process::id() as i32;
+        Marker { owner, owner_start: crate::store::process_start(owner), new_record, ..Default::default() }
+    }
+}
+
+/// Writes the marker into a workload's state dir.
+pub fn begin(dir: &Path, m: &Marker) -> anyhow::Result<()> {
+    crate::store::write_atomic(&dir.join(MARKER), &serde_json::to_vec(m)?, 0o600)
+}
+
+/// Records the new root's PID in the marker (best effort).
+pub fn set_root(dir: &Path, pid: i32) {
+    if let Some(mut m) = read(dir) {
+        m.root = Some(pid);
+        m.root_start = crate::store::process_start(pid);
+        let _ = begin(dir, &m);
+    }
+}
+
+/// The command finished (either way, with its own rollback done).
+pub fn end(dir: &Path) {
+    let _ = fs::remove_file(dir.join(MARKER));
+}
+
+fn read(dir: &Path) -> Option<Marker> {
+    serde_json::from_slice(&fs::read(dir.join(MARKER)).ok()?).ok()
+}
+
+/// Cleans up after every command that died half-way. Cheap when there is
+/// nothing to do: one readdir of the state dir and one of the images root.
+pub fn sweep(ctx: &Ctx) {
+    let Ok(rd) = fs::read_dir(&ctx.store.paths.state) else { return };
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') {
+            continue;
+        }
+        let dir = e.path();
+        let marker = read(&dir);
+        let has_record = dir.join("workload.json").exists();
+        if marker.is_none() && (has_record || !older_than(&dir, 60)) {
+            // A record, or a directory a command is creating right now (it
+            // writes its marker just after the mkdir).
+            continue;
+        }
+        if let Some(m) = &marker {
+            if process_matches(m.owner, m.owner_start) {
+                continue;
+            }
+        }
+        // Whoever holds the lock is still working on it. Under the lock,
+        // look again: the owner may have finished since the first look.
+        let Some(_lock) = try_flock(&dir.join("lock")) else { continue };
+        let marker = read(&dir);
+        let has_record = dir.join("workload.json").exists();
+        match &marker {
+            None if has_record => continue,
+            None if !older_than(&dir, 60) => continue,
+            Some(m) if process_matches(m.owner, m.owner_start) => continue,
+            _ => {}
+        }
+        if let Some(m) = &marker {
+            tracing::warn!(workload = %name, owner = m.owner, "cleaning up after a cns command that died half-way");
+            undo(ctx, &name, m);
+        }
+        if !has_record || marker.as_ref().is_some_and(|m| m.new_record) {
+            let _ = fs::remove_dir_all(&dir);
+        } else {
+            end(&dir);
+        }
+    }
+    sweep_staging(&ctx.images_root());
+}
+
+fn undo(ctx: &Ctx, name: &str, m: &Marker) {
+    if let Some(root) = m.root {
+        if process_matches(root, m.root_start) {
+            crate::lifecycle::kill_and_wait(root, m.root_start);
+        }
+    }
+    if let Some(h) = &m.host_if {
+        if let Ok(nl) = cns_netns::Netlink::new() {
+            let _ = nl.delete_link(h);
+        }
+    }
+    if let Some(a) = &m.lease {
+        let _ = crate::network::lease_store(ctx).release(name, a);
+    }
+    if let Some(l) = &m.log {
+        let _ = fs::remove_file(l);
+    }
+}
+
+fn older_than(p: &Path, secs: u64) -> bool {
+    fs::metadata(p).and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok()).is_some_and(|d| d.as_secs() > secs)
+}
+
+fn try_flock(path: &Path) -> Option<nix::fcntl::Flock<fs::File>> {
+    let f = fs::OpenOptions::new().read(true).write(true).open(path).ok()?;
+    nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock).ok()
+}
+
+/// `.NAME.dump-PID` directories whose dump is gone.
+fn sweep_staging(root: &Path) {
+    let Ok(rd) = fs::read_dir(root) else { return };
+    for e in rd.flatten() {
+        let n = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = staging_pid(&n) else { continue };
+        if !process_matches(pid, None) {
+            let _ = fs::remove_dir_all(e.path());
+        }
+    }
+}
+
+/// The PID in a staging dir name `.NAME.dump-PID`.
+pub fn staging_pid(file_name: &str) -> Option<i32> {
+    let rest = file_name.strip_prefix('.')?;
+    rest.rsplit_once(".dump-")?.1.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn staging_names() {
+        assert_eq!(staging_pid(".web.dump-123"), Some(123));
+        assert_eq!(staging_pid(".a.dump-b.dump-7"), Some(7));
+        assert_eq!(staging_pid("web"), None);
+        assert_eq!(staging_pid(".web.dump-x"), None);
+        assert_eq!(staging_pid("web.dump-1"), None);
+    }
+}
