@@ -305,6 +305,9 @@ pub fn restore(ctx: &Ctx, args: RestoreArgs) -> anyhow::Result<i32> {
     crate::run::check_pidfile(&args.pidfile)?;
     ctx.require_root()?;
     let new_name = args.as_name.clone().unwrap_or_else(|| args.name.clone());
+    if ctx.store.get(&new_name).is_ok_and(|w| w.live_state() == State::Running) {
+        bail_hint!(format!("dump or stop it first, or restore a copy with --as NEW"), "workload {new_name} is running");
+    }
     let images = match &args.images {
         Some(d) => d.clone(),
         None => match ctx.store.get(&args.name).ok().and_then(|w| w.images) {

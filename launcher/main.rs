@@ -73,7 +73,10 @@ fn init_logging(verbose: u8, quiet: bool) {
 
 fn dispatch(ctx: &Ctx, command: Command) -> anyhow::Result<i32> {
     let touches_store = !matches!(command, Command::Completions(_) | Command::Man(_));
-    if touches_store && nix::unistd::geteuid().is_root() {
+    if touches_store {
+        // Every command that reads or changes workloads needs root: the state
+        // is root-only, and half an answer (an empty `ps`) would mislead.
+        ctx.require_root()?;
         recovery::sweep(ctx);
     }
     match command {

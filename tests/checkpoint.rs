@@ -16,6 +16,8 @@ fn dumped_counter_continues_from_k_in_a_new_pid_namespace() {
     start_counter(&n);
     let old_pid = pid_of(&n);
     let old_pidns = ns_inode(old_pid, "pid");
+    // Hold the old pid ns open: a freed namespace's inode number can be reused.
+    let _hold = std::fs::File::open(format!("/proc/{old_pid}/ns/pid")).expect("old pid ns");
     ok(&["dump", &n]);
     assert_eq!(state_of(&n), "dumped");
     assert!(!alive(old_pid), "the dumped workload still runs");

@@ -1,0 +1,450 @@
+//! Reliability: bad input, faults, concurrency, a soak, security. Each test
+//! writes what it tried to `target/reliability/TEST.json`; `scripts/test`
+//! turns those into docs/reliability.md.
+
+mod common;
+use common::*;
+
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+fn report(test: &str, v: serde_json::Value) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/reliability");
+    let _ = std::fs::create_dir_all(&dir);
+    std::fs::write(dir.join(format!("{test}.json")), serde_json::to_vec_pretty(&v).expect("json")).expect("write report");
+}
+
+/// Everything cns keeps about the names in `names`: records, images, leases,
+/// veths, logs. Equal before and after a refused command.
+fn footprint(names: &[&str]) -> Vec<String> {
+    let mut v = Vec::new();
+    for n in names {
+        // Records and image files by content; logs (of running counters) by existence.
+        let rec = format!("/run/cns/{n}/workload.json");
+        if let Ok(text) = std::fs::read_to_string(&rec) {
+            v.push(format!("{rec}: {text}"));
+        }
+        if let Ok(rd) = std::fs::read_dir(format!("/var/lib/cns/images/{n}")) {
+            let mut files: Vec<String> = rd.flatten().map(|e| format!("{:?} {}", e.file_name(), e.metadata().map(|m| m.len()).unwrap_or(0))).collect();
+            files.sort();
+            v.push(format!("images of {n}: {files:?}"));
+        }
+        if Path::new(&format!("/var/lib/cns/logs/{n}.log")).exists() {
+            v.push(format!("log of {n}"));
+        }
+        if links_named("cns-").contains(&cns_netns::host_veth_name(n)) {
+            v.push(format!("veth of {n}"));
+        }
+        if lease_held(n) {
+            v.push(format!("lease of {n}"));
+        }
+    }
+    v
+}
+
+fn lease_held(n: &str) -> bool {
+    std::fs::read_dir("/run/cns/.leases")
+        .map(|rd| rd.flatten().filter_map(|e| std::fs::read_to_string(e.path()).ok()).any(|l| l.contains(&format!("\"{n}\""))))
+        .unwrap_or(false)
+}
+
+fn nothing_left_of(n: &str) {
+    assert!(ps_entry(n).is_none(), "{n}: record left");
+    assert!(!links_named("cns-").contains(&cns_netns::host_veth_name(n)), "{n}: veth left");
+    assert!(!lease_held(n), "{n}: lease left");
+    assert!(!Path::new(&format!("/run/cns/{n}")).exists(), "{n}: state dir left");
+}
+
+fn process_state(pid: i32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).ok().and_then(|s| s.rsplit(") ").next().and_then(|r| r.split(' ').next()).map(String::from)).unwrap_or_default()
+}
+
+fn children(pid: i32) -> Vec<i32> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
+                .flat_map(|c| c.split_whitespace().filter_map(|p| p.parse().ok()).collect::<Vec<i32>>())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn comm(pid: i32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default().trim().to_string()
+}
+
+/// A descendant of `pid` running `name`, if any.
+fn descendant_named(pid: i32, name: &str) -> Option<i32> {
+    let mut todo = children(pid);
+    while let Some(p) = todo.pop() {
+        if comm(p) == name {
+            return Some(p);
+        }
+        todo.extend(children(p));
+    }
+    None
+}
+
+/// A workload with `mib` MiB of touched memory that prints a counter.
+fn start_memory_counter(n: &str, mib: u64) {
+    let script = format!(
+        "import time\nb = bytearray({mib} << 20)\nfor i in range(0, len(b), 4096): b[i] = 1\ni = 0\nwhile True:\n    print(i, flush=True)\n    i += 1\n    time.sleep(0.05)\n"
+    );
+    ok(&["run", "-d", "--name", n, "--", "python3", "-c", &script]);
+    wait_for("the memory to be touched", 30, || last_count(n).is_some());
+}
+
+fn keeps_counting(n: &str) {
+    let k = last_count(n).expect("count");
+    wait_for("the workload to keep running", 20, || last_count(n).is_some_and(|c| c > k + 2));
+}
+
+#[test]
+fn bad_inputs_are_one_line_errors_that_change_nothing() {
+    let live = name("bi-live");
+    let dumped = name("bi-dumped");
+    let other = name("bi-other");
+    let fresh = name("bi-fresh");
+    let _c = Cleanup(vec![live.clone(), dumped.clone(), other.clone(), fresh.clone()]);
+    start_counter(&live);
+    start_counter(&dumped);
+    ok(&["dump", "--leave-running", &dumped]);
+    ok(&["rm", "-f", "--keep-images", &dumped]);
+    start_counter(&other);
+    ok(&["dump", "--leave-running", &other]);
+    let scratch = PathBuf::from(format!("/var/tmp/cns-test-{}", name("bi")));
+    let _ = std::fs::remove_dir_all(&scratch);
+    std::fs::create_dir_all(&scratch).expect("scratch");
+    let img = |tag: &str| scratch.join(tag);
+    // Image dirs broken in different ways (copies of a good one).
+    let good = format!("/var/lib/cns/images/{other}");
+    let copy = |tag: &str| {
+        let d = img(tag);
+        std::fs::create_dir_all(&d).expect("mkdir");
+        for e in std::fs::read_dir(&good).expect("good").flatten() {
+            if e.path().is_file() {
+                std::fs::copy(e.path(), d.join(e.file_name())).expect("copy");
+            }
+        }
+        d
+    };
+    let truncated = copy("truncated");
+    let pages = std::fs::read_dir(&truncated).expect("dir").flatten().map(|e| e.path()).filter(|p| p.file_name().is_some_and(|f| f.to_string_lossy().starts_with("pages-"))).max_by_key(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)).expect("pages");
+    let len = std::fs::metadata(&pages).expect("len").len();
+    std::fs::OpenOptions::new().write(true).open(&pages).expect("open").set_len(len / 2).expect("truncate");
+    let corrupt = copy("corrupt");
+    std::fs::write(corrupt.join("inventory.img"), b"not an inventory").expect("corrupt");
+    let empty = img("empty");
+    std::fs::create_dir_all(&empty).expect("empty");
+    let file = img("a-file");
+    std::fs::write(&file, b"x").expect("file");
+    let bad_json = img("seccomp.json");
+    std::fs::write(&bad_json, b"{ not json").expect("seccomp");
+    let s = |p: &Path| p.to_str().expect("utf8").to_string();
+    let taken_ip = ps_entry(&live).and_then(|e| e["ip"].as_str().map(String::from)).expect("ip");
+    let long = "a".repeat(65);
+    let cases: Vec<(&str, Vec<String>)> = vec![
+        ("name with /", vec!["run".into(), "--name".into(), "a/b".into(), "--".into(), "true".into()]),
+        ("name ..", vec!["run".into(), "--name".into(), "..".into(), "--".into(), "true".into()]),
+        ("empty name", vec!["run".into(), "--name".into(), "".into(), "--".into(), "true".into()]),
+        ("65-char name", vec!["run".into(), "--name".into(), long.clone(), "--".into(), "true".into()]),
+        ("unicode name", vec!["run".into(), "--name".into(), "wébé".into(), "--".into(), "true".into()]),
+        ("unknown name: dump", vec!["dump".into(), fresh.clone()]),
+        ("unknown name: restore", vec!["restore".into(), fresh.clone()]),
+        ("unknown name: rm", vec!["rm".into(), fresh.clone()]),
+        ("unknown name: logs", vec!["logs".into(), fresh.clone()]),
+        ("duplicate run --name", vec!["run".into(), "-d".into(), "--name".into(), live.clone(), "--".into(), "true".into()]),
+        ("restore of a running name", vec!["restore".into(), live.clone()]),
+        ("restore a copy onto a running name", vec!["restore".into(), other.clone(), "--as".into(), live.clone()]),
+        ("images dir missing", vec!["restore".into(), dumped.clone(), "--as".into(), fresh.clone(), "--images".into(), s(&img("missing"))]),
+        ("images dir empty", vec!["restore".into(), dumped.clone(), "--as".into(), fresh.clone(), "--images".into(), s(&empty)]),
+        ("images dir is a file", vec!["restore".into(), dumped.clone(), "--as".into(), fresh.clone(), "--images".into(), s(&file)]),
+        ("truncated pages image", vec!["restore".into(), other.clone(), "--as".into(), fresh.clone(), "--images".into(), s(&truncated)]),
+        ("corrupt inventory.img", vec!["restore".into(), other.clone(), "--as".into(), fresh.clone(), "--images".into(), s(&corrupt)]),
+        ("images of another workload", vec!["restore".into(), dumped.clone(), "--images".into(), good.clone()]),
+        ("--pidfile in a missing dir", vec!["run".into(), "-d".into(), "--name".into(), fresh.clone(), "--pidfile".into(), s(&img("no/such/dir/pid")), "--".into(), "true".into()]),
+        ("--ip malformed", vec!["run".into(), "-d".into(), "--name".into(), fresh.clone(), "--ip".into(), "10.88.300.1/30".into(), "--".into(), "true".into()]),
+        ("--ip taken", vec!["run".into(), "-d".into(), "--name".into(), fresh.clone(), "--ip".into(), format!("{taken_ip}/30"), "--".into(), "true".into()]),
+        ("--seccomp not JSON", vec!["run".into(), "-d".into(), "--name".into(), fresh.clone(), "--seccomp".into(), s(&bad_json), "--".into(), "true".into()]),
+        ("dump of a removed workload", vec!["dump".into(), dumped.clone()]),
+        ("kill of an unknown name", vec!["kill".into(), fresh.clone()]),
+        ("exec in a removed workload", vec!["exec".into(), dumped.clone(), "--".into(), "true".into()]),
+        ("unknown --net mode", vec!["run".into(), "--net".into(), "bridge".into(), "--name".into(), fresh.clone(), "--".into(), "true".into()]),
+    ];
+    let names = [live.as_str(), dumped.as_str(), other.as_str(), fresh.as_str()];
+    let mut tried = Vec::new();
+    assert!(cases.len() >= 20);
+    for (what, args) in &cases {
+        let before = footprint(&names);
+        let a: Vec<&str> = args.iter().map(String::as_str).collect();
+        let e = fails(&a);
+        if what.contains("running name") {
+            assert!(e.contains("is running"), "{what}: {e}");
+        }
+        assert_eq!(footprint(&names), before, "{what}: `cns {a:?}` changed state");
+        tried.push(serde_json::json!({"input": what, "error": e}));
+    }
+    assert_eq!(state_of(&live), "running");
+    keeps_counting(&live);
+    let _ = std::fs::remove_dir_all(&scratch);
+    report("bad_inputs", serde_json::json!({"inputs": tried}));
+}
+
+#[test]
+fn kill_9_during_a_dump_leaves_the_workload_running_and_a_later_dump_works() {
+    let n = name("k9d");
+    let _c = Cleanup(vec![n.clone()]);
+    start_memory_counter(&n, 512);
+    let root = pid_of(&n);
+    let mut cns_dump = Command::new(cns_bin()).args(["dump", &n]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("cns dump");
+    let cns_pid = cns_dump.id() as i32;
+    wait_for("CRIU to start dumping", 20, || descendant_named(cns_pid, "criu").is_some());
+    let _ = cns_dump.kill();
+    let _ = cns_dump.wait();
+    // CRIU dies with cns (PDEATHSIG); the tree is released, not frozen, not killed.
+    wait_for("the tree to run again", 20, || children(root).iter().all(|&c| process_state(c) != "t" && process_state(c) != "T"));
+    assert!(alive(root), "the workload died with the killed dump");
+    keeps_counting(&n);
+    assert_eq!(state_of(&n), "running");
+    ok(&["dump", &n]);
+    assert_eq!(state_of(&n), "dumped");
+    let staging: Vec<String> = std::fs::read_dir("/var/lib/cns/images").expect("images").flatten().map(|e| e.file_name().to_string_lossy().into_owned()).filter(|f| f.starts_with(&format!(".{n}.dump-"))).collect();
+    assert!(staging.is_empty(), "staging dirs left: {staging:?}");
+    report("kill_during_dump", serde_json::json!({"faults": 1, "survived": 1}));
+}
+
+#[test]
+fn kill_9_during_a_restore_leaves_no_process_veth_or_lease() {
+    let n = name("k9r");
+    let copy = name("k9rc");
+    let _c = Cleanup(vec![n.clone(), copy.clone()]);
+    start_memory_counter(&n, 512);
+    ok(&["dump", &n]);
+    let marker = PathBuf::from(format!("/run/cns/{copy}/pending"));
+    let mut cns_restore = Command::new(cns_bin()).args(["restore", "-d", &n, "--as", &copy]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("cns restore");
+    let mut root = None;
+    wait_for("CRIU to create the restored root", 30, || {
+        root = std::fs::read(&marker).ok().and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok()).and_then(|m| m["root"].as_i64());
+        root.is_some()
+    });
+    let _ = cns_restore.kill();
+    let _ = cns_restore.wait();
+    let root = root.expect("root") as i32;
+    // Any later command cleans up after the dead one.
+    ok(&["ps"]);
+    wait_for("the half-restored root to be gone", 20, || !alive(root));
+    nothing_left_of(&copy);
+    assert!(!Path::new(&format!("/var/lib/cns/logs/{copy}.log")).exists(), "log of the copy left");
+    // The checkpoint itself is intact and restores.
+    ok(&["restore", "-d", &n, "--as", &copy]);
+    keeps_counting(&copy);
+    report("kill_during_restore", serde_json::json!({"faults": 1, "survived": 1}));
+}
+
+/// A small tmpfs mounted on a fresh dir; unmounted when dropped.
+struct SmallTmpfs(PathBuf);
+
+impl SmallTmpfs {
+    fn new(tag: &str, size: &str) -> SmallTmpfs {
+        let p = PathBuf::from(format!("/var/tmp/cns-test-{}", name(tag)));
+        std::fs::create_dir_all(&p).expect("mountpoint");
+        nix::mount::mount(Some("tmpfs"), &p, Some("tmpfs"), nix::mount::MsFlags::empty(), Some(format!("size={size},mode=0700").as_str())).expect("mount tmpfs");
+        SmallTmpfs(p)
+    }
+}
+
+impl Drop for SmallTmpfs {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+fn images_disk_full_fails_cleanly_and_the_workload_runs_on() {
+    let n = name("full");
+    let _c = Cleanup(vec![n.clone()]);
+    start_memory_counter(&n, 64);
+    let disk = SmallTmpfs::new("full-disk", "8m");
+    let images = disk.0.join("img");
+    let images = images.to_str().expect("utf8");
+    // Pre-flight sees it first...
+    let e = fails(&["dump", "--images", images, &n]);
+    assert!(e.contains("free") || e.contains("space"), "{e}");
+    keeps_counting(&n);
+    // ...and without pre-flight CRIU hits ENOSPC: still a clean failure.
+    let e = fails(&["dump", "--no-preflight", "--images", images, &n]);
+    assert!(e.contains("dump failed"), "{e}");
+    assert_eq!(state_of(&n), "running");
+    keeps_counting(&n);
+    let left: Vec<_> = std::fs::read_dir(&disk.0).expect("tmpfs").flatten().map(|e| e.file_name()).filter(|f| !f.to_string_lossy().ends_with(".failed-dump.log")).collect();
+    assert!(left.is_empty(), "a failed dump left {left:?} on the disk");
+    report("disk_full", serde_json::json!({"faults": 2, "survived": 2}));
+}
+
+#[test]
+fn a_workload_that_exits_during_its_dump_is_handled() {
+    let n = name("exits");
+    let _c = Cleanup(vec![n.clone()]);
+    // Touches memory (a dump takes a moment), then exits by itself.
+    let script = "import time\nb = bytearray(256 << 20)\nfor i in range(0, len(b), 4096): b[i] = 1\nprint('ready', flush=True)\ntime.sleep(0.05)\n";
+    ok(&["run", "-d", "--name", &n, "--", "python3", "-c", script]);
+    wait_for("the workload", 20, || log_of(&n).contains("ready"));
+    let out = cns(&["dump", &n]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    if out.status.success() {
+        // It was frozen before it could exit: a good checkpoint.
+        assert_eq!(state_of(&n), "dumped");
+    } else {
+        assert!(err.lines().any(|l| l.starts_with("cns: ")), "{err}");
+        assert_ne!(state_of(&n), "running");
+    }
+    let staging: Vec<String> = std::fs::read_dir("/var/lib/cns/images").expect("images").flatten().map(|e| e.file_name().to_string_lossy().into_owned()).filter(|f| f.starts_with(&format!(".{n}.dump-"))).collect();
+    assert!(staging.is_empty(), "staging dirs left: {staging:?}");
+    // A dead workload is a clear error, not a CRIU failure.
+    wait_for("the workload to be gone", 20, || state_of(&n) != "running");
+    if state_of(&n) == "exited" {
+        let e = fails(&["dump", &n]);
+        assert!(e.contains("not running") || e.contains("exited"), "{e}");
+    }
+    report("exit_during_dump", serde_json::json!({"faults": 1, "survived": 1, "dumped": out.status.success()}));
+}
+
+#[test]
+fn eight_workloads_run_dump_and_restore_in_parallel() {
+    let names: Vec<String> = (0..8).map(|i| name(&format!("par8-{i}"))).collect();
+    let _c = Cleanup(names.clone());
+    let hs: Vec<_> = names
+        .iter()
+        .cloned()
+        .map(|n| {
+            std::thread::spawn(move || {
+                start_counter(&n);
+                wait_for("the counter", 10, || last_count(&n).is_some());
+                ok(&["dump", &n]);
+                let k = last_count(&n).expect("count");
+                ok(&["restore", "-d", &n]);
+                wait_for("the counter to continue", 20, || last_count(&n).is_some_and(|c| c > k));
+            })
+        })
+        .collect();
+    for h in hs {
+        h.join().expect("a parallel cycle failed");
+    }
+    let mut ips: Vec<String> = names.iter().map(|n| ps_entry(n).and_then(|e| e["ip"].as_str().map(String::from)).expect("ip")).collect();
+    ips.sort();
+    ips.dedup();
+    assert_eq!(ips.len(), 8);
+    report("parallel", serde_json::json!({"workloads": 8, "cycles": 8}));
+}
+
+fn count_mounts() -> usize {
+    std::fs::read_to_string("/proc/self/mountinfo").map(|m| m.lines().count()).unwrap_or(0)
+}
+
+#[test]
+fn soak_50_cycles_leak_nothing() {
+    let cycles = 50;
+    let names: Vec<String> = (0..cycles).map(|i| name(&format!("soak{i}"))).collect();
+    let _c = Cleanup(names.clone());
+    let fds = || std::fs::read_dir("/proc/self/fd").map(|d| d.count()).unwrap_or(0);
+    let (mounts0, fds0) = (count_mounts(), fds());
+    let mut monitor_fds = Vec::new();
+    for n in &names {
+        ok(&["run", "-d", "--name", n, "--", "sh", "-c", COUNTER]);
+        wait_for("the counter", 10, || last_count(n).is_some());
+        ok(&["dump", n]);
+        ok(&["restore", "-d", n]);
+        let rec: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(format!("/run/cns/{n}/workload.json")).expect("record")).expect("json");
+        let shim = rec["shim_pid"].as_i64().expect("the monitor's pid is recorded");
+        monitor_fds.push(std::fs::read_dir(format!("/proc/{shim}/fd")).map(|d| d.count()).expect("the monitor runs"));
+        let root = pid_of(n);
+        ok(&["rm", "-f", n]);
+        wait_for("the root to go", 10, || !alive(root));
+    }
+    let leaks: Vec<String> = names.iter().flat_map(|n| footprint(&[n.as_str()])).collect();
+    assert!(leaks.is_empty(), "left behind: {leaks:?}");
+    for n in &names {
+        nothing_left_of(n);
+    }
+    let max_monitor_fds = monitor_fds.iter().copied().max().unwrap_or(0);
+    assert!(max_monitor_fds <= 8, "a monitor holds {max_monitor_fds} fds");
+    let (mounts1, fds1) = (count_mounts(), fds());
+    assert_eq!(fds1, fds0, "the test process leaked fds");
+    report(
+        "soak",
+        serde_json::json!({"cycles": cycles, "leaked_records_images_logs_veths_leases": leaks.len(), "host_mounts_before": mounts0, "host_mounts_after": mounts1, "max_monitor_fds": max_monitor_fds}),
+    );
+}
+
+#[test]
+fn security_dirs_private_non_root_refused_and_isolation_holds_after_restore() {
+    let n = name("sec");
+    let _c = Cleanup(vec![n.clone()]);
+    let seccomp = std::env::temp_dir().join(format!("{n}.seccomp.json"));
+    // Deny mkdir with EPERM; everything else allowed.
+    std::fs::write(
+        &seccomp,
+        r#"{"main":{"mismatch_action":"allow","match_action":{"errno":1},"filter":[{"syscall":"mkdir"},{"syscall":"mkdirat"}]}}"#,
+    )
+    .expect("seccomp file");
+    let probe = format!(
+        "i=0; while :; do echo $i; i=$((i+1)); if mkdir /tmp/{n}-probe 2>/dev/null; then echo MKDIR-ALLOWED; fi; sleep 0.05; done"
+    );
+    ok(&["run", "-d", "--name", &n, "--cap-drop", "all", "--seccomp", seccomp.to_str().expect("utf8"), "--", "sh", "-c", &probe]);
+    wait_for("the probe", 10, || last_count(&n).is_some());
+    ok(&["dump", &n]);
+    ok(&["restore", "-d", &n]);
+    let k = last_count(&n).expect("count");
+    wait_for("the restored probe", 20, || log_of(&n).lines().filter_map(|l| l.trim().parse::<u64>().ok()).any(|c| c > k + 2));
+    let root = pid_of(&n);
+    let child = children(root).into_iter().next().expect("the workload under init");
+    let status = std::fs::read_to_string(format!("/proc/{child}/status")).expect("status");
+    let field = |f: &str| status.lines().find_map(|l| l.strip_prefix(f)).map(|v| v.trim().to_string()).unwrap_or_default();
+    assert_eq!(field("CapEff:"), "0000000000000000", "caps came back after restore");
+    assert_eq!(field("CapBnd:"), "0000000000000000", "bounding set came back after restore");
+    assert_eq!(field("Seccomp:"), "2", "the seccomp filter is gone after restore");
+    assert!(!log_of(&n).contains("MKDIR-ALLOWED"), "mkdir was allowed");
+    assert!(!Path::new(&format!("/tmp/{n}-probe")).exists());
+    // The workload sees only its own processes and cannot signal the host.
+    let me = std::process::id();
+    let out = ok(&["exec", &n, "--", "sh", "-c", &format!("ls /proc | grep -c '^[0-9]'; kill -0 {me} && echo SIGNALLED || echo denied")]);
+    let mut lines = out.lines();
+    let visible: usize = lines.next().and_then(|l| l.trim().parse().ok()).expect("count");
+    assert!(visible <= 6, "the workload sees {visible} processes");
+    assert_eq!(lines.next().map(str::trim), Some("denied"), "{out}");
+    // State and image dirs are root-only; image files are not world-readable.
+    for d in ["/run/cns".to_string(), format!("/run/cns/{n}"), "/var/lib/cns/images".into(), format!("/var/lib/cns/images/{n}")] {
+        let mode = std::fs::metadata(&d).expect("dir").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700, "{d} is {mode:o}");
+    }
+    for e in std::fs::read_dir(format!("/var/lib/cns/images/{n}")).expect("images").flatten() {
+        let mode = e.metadata().expect("meta").permissions().mode();
+        assert_eq!(mode & 0o077, 0, "{:?} is readable by others ({mode:o})", e.file_name());
+    }
+    // Non-root: a clear refusal, not a crash.
+    let out = Command::new(cns_bin()).args(["ps"]).uid(65534).gid(65534).output().expect("cns as nobody");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "cns ran as nobody");
+    assert!(err.starts_with("cns: ") && err.contains("root") && !err.contains("panicked"), "{err}");
+    let _ = std::fs::remove_file(&seccomp);
+    report("security", serde_json::json!({"checks": 9, "passed": 9}));
+}
+
+#[test]
+fn a_second_dump_racing_the_first_waits_its_turn_or_says_why() {
+    let n = name("race2");
+    let _c = Cleanup(vec![n.clone()]);
+    start_memory_counter(&n, 256);
+    let mut first = Command::new(cns_bin()).args(["dump", "--leave-running", &n]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("first");
+    let first_pid = first.id() as i32;
+    wait_for("the first dump to start CRIU", 20, || descendant_named(first_pid, "criu").is_some());
+    let e = fails(&["dump", &n]);
+    assert!(e.contains("busy"), "{e}");
+    assert!(first.wait().expect("first").success(), "the first dump failed");
+    keeps_counting(&n);
+    report("concurrent_dumps", serde_json::json!({"racing_dumps": 2, "winner": 1, "refused_clearly": 1}));
+}
