@@ -93,9 +93,12 @@ pub fn sweep(ctx: &Ctx) {
                 continue;
             }
         }
-        // Whoever holds the lock is still working on it. Under the lock,
-        // look again: the owner may have finished since the first look.
-        let Some(_lock) = try_flock(&dir.join("lock")) else { continue };
+        // A dead owner's lock can only be held by another sweep (or a
+        // command that came after): wait for it, so that this command sees
+        // the cleanup done. Without a marker, whoever holds the lock is
+        // still working. Under the lock, look again: the owner may have
+        // finished since the first look.
+        let Some(_lock) = flock(&dir.join("lock"), marker.is_some()) else { continue };
         let marker = read(&dir);
         let has_record = dir.join("workload.json").exists();
         match &marker {
@@ -140,9 +143,10 @@ fn older_than(p: &Path, secs: u64) -> bool {
     fs::metadata(p).and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok()).is_some_and(|d| d.as_secs() > secs)
 }
 
-fn try_flock(path: &Path) -> Option<nix::fcntl::Flock<fs::File>> {
+fn flock(path: &Path, wait: bool) -> Option<nix::fcntl::Flock<fs::File>> {
     let f = fs::OpenOptions::new().read(true).write(true).open(path).ok()?;
-    nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock).ok()
+    let how = if wait { nix::fcntl::FlockArg::LockExclusive } else { nix::fcntl::FlockArg::LockExclusiveNonblock };
+    nix::fcntl::Flock::lock(f, how).ok()
 }
 
 /// `.NAME.dump-PID` directories whose dump is gone.

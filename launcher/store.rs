@@ -265,8 +265,20 @@ impl Store {
         if !dir.join("workload.json").exists() {
             return Err(unknown(name));
         }
-        let f = OpenOptions::new().read(true).write(true).create(true).mode(0o600).open(dir.join("lock"))?;
-        match Flock::lock(f, FlockArg::LockExclusiveNonblock) {
+        let mut f = OpenOptions::new().read(true).write(true).create(true).mode(0o600).open(dir.join("lock"))?;
+        // Brief holders (a monitor recording an exit, a sweep) let go within
+        // milliseconds; a dump or restore holds on for seconds.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_millis(300);
+        let res = loop {
+            match Flock::lock(f, FlockArg::LockExclusiveNonblock) {
+                Err((back, nix::Error::EWOULDBLOCK)) if std::time::Instant::now() < deadline => {
+                    f = back;
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                other => break other,
+            }
+        };
+        match res {
             Ok(l) => Ok(Locked { name: name.to_string(), dir, _lock: l }),
             Err((_, nix::Error::EWOULDBLOCK)) => Err(crate::error::hinted(
                 format!("workload {name} is busy: another cns command (a dump or restore) is working on it"),

@@ -244,21 +244,44 @@ fn kill_9_during_a_restore_leaves_no_process_veth_or_lease() {
     report("kill_during_restore", serde_json::json!({"faults": 1, "survived": 1}));
 }
 
-/// A small tmpfs mounted on a fresh dir; unmounted when dropped.
-struct SmallTmpfs(PathBuf);
+/// A directory for a small tmpfs that exists only in the mount namespaces
+/// of the commands run through [`SmallTmpfs::cns`] (mounted inside a
+/// private `unshare -m`), so no workload started meanwhile inherits it.
+struct SmallTmpfs(PathBuf, String);
 
 impl SmallTmpfs {
     fn new(tag: &str, size: &str) -> SmallTmpfs {
         let p = PathBuf::from(format!("/var/tmp/cns-test-{}", name(tag)));
         std::fs::create_dir_all(&p).expect("mountpoint");
-        nix::mount::mount(Some("tmpfs"), &p, Some("tmpfs"), nix::mount::MsFlags::empty(), Some(format!("size={size},mode=0700").as_str())).expect("mount tmpfs");
-        SmallTmpfs(p)
+        SmallTmpfs(p, size.to_string())
+    }
+
+    /// `cns ARGS` with the tmpfs mounted; also lists what the command left on it.
+    fn cns(&self, args: &[&str]) -> (std::process::Output, Vec<String>) {
+        let script = format!(
+            "mount -t tmpfs -o size={},mode=0700 tmpfs {d} && \"$@\"; s=$?; ls -A {d} >&3; exit $s",
+            self.1,
+            d = self.0.display()
+        );
+        let (r, w) = std::io::pipe().expect("pipe");
+        let mut cmd = Command::new("unshare");
+        cmd.args(["-m", "--propagation", "private", "sh", "-c"]).arg(&script).arg("sh").arg(cns_bin()).args(args);
+        let w_fd = std::os::fd::OwnedFd::from(w);
+        // SAFETY: dup2 in the child onto fd 3 before exec.
+        unsafe {
+            let raw = std::os::fd::AsRawFd::as_raw_fd(&w_fd);
+            cmd.pre_exec(move || if libc::dup2(raw, 3) < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) });
+        }
+        let out = cmd.output().expect("unshare");
+        drop(w_fd);
+        let mut listing = String::new();
+        std::io::Read::read_to_string(&mut std::io::BufReader::new(r), &mut listing).expect("listing");
+        (out, listing.lines().map(String::from).collect())
     }
 }
 
 impl Drop for SmallTmpfs {
     fn drop(&mut self) {
-        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
@@ -272,15 +295,17 @@ fn images_disk_full_fails_cleanly_and_the_workload_runs_on() {
     let images = disk.0.join("img");
     let images = images.to_str().expect("utf8");
     // Pre-flight sees it first...
-    let e = fails(&["dump", "--images", images, &n]);
-    assert!(e.contains("free") || e.contains("space"), "{e}");
+    let (out, _) = disk.cns(&["dump", "--images", images, &n]);
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && (e.contains("free") || e.contains("space")), "{e}");
     keeps_counting(&n);
     // ...and without pre-flight CRIU hits ENOSPC: still a clean failure.
-    let e = fails(&["dump", "--no-preflight", "--images", images, &n]);
-    assert!(e.contains("dump failed"), "{e}");
+    let (out, left) = disk.cns(&["dump", "--no-preflight", "--images", images, &n]);
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && e.contains("dump failed"), "{e}");
     assert_eq!(state_of(&n), "running");
     keeps_counting(&n);
-    let left: Vec<_> = std::fs::read_dir(&disk.0).expect("tmpfs").flatten().map(|e| e.file_name()).filter(|f| !f.to_string_lossy().ends_with(".failed-dump.log")).collect();
+    let left: Vec<&String> = left.iter().filter(|f| !f.ends_with(".failed-dump.log")).collect();
     assert!(left.is_empty(), "a failed dump left {left:?} on the disk");
     report("disk_full", serde_json::json!({"faults": 2, "survived": 2}));
 }

@@ -126,6 +126,29 @@ fn tree_tcp(root: i32, inodes: &BTreeSet<u64>) -> TcpCounts {
     all
 }
 
+/// Mounts the workload inherited whose mount point is gone from the host's
+/// filesystem (a host mount that was unmounted and its directory removed
+/// after the workload started). CRIU can neither dump nor restore them.
+pub fn vanished_mountpoints(root: i32, exists: impl Fn(&str) -> bool) -> Vec<Finding> {
+    let Ok(mounts) = cns_mounts::read_mountinfo(&root.to_string()) else { return Vec::new() };
+    mounts
+        .iter()
+        // Mounts on the root mount, whose directories are the host's; deeper
+        // ones sit on their parents' filesystems.
+        .filter(|m| m.mount_point != "/" && mounts.iter().any(|p| p.id == m.parent && p.mount_point == "/"))
+        .filter(|m| !exists(&m.mount_point))
+        .map(|m| {
+            Finding::new(
+                Severity::Blocker,
+                "mount-vanished",
+                m.mount_point.clone(),
+                format!("the workload still has a {} mount whose directory is gone from the host", m.fs_type),
+                format!("unmount it inside the workload (`cns exec NAME -- umount -l {}`), or recreate the directory", m.mount_point),
+            )
+        })
+        .collect()
+}
+
 /// Unix sockets CRIU cannot dump, or dumps only with --ext-unix-sk.
 pub fn unix_findings(all: &[UnixSocket], tree: &BTreeSet<u64>, needs: &mut DumpNeeds) {
     const ESTABLISHED: u8 = 1;
@@ -198,6 +221,7 @@ pub fn check_dump(root: i32, shell_job: bool, images_parent: &Path) -> DumpNeeds
             "cns dumps with --tcp-skip-in-flight: those clients will have to reconnect",
         ));
     }
+    needs.findings.extend(vanished_mountpoints(root, |p| Path::new(p).exists()));
     match crate::sockdiag::unix_sockets(Some(root)) {
         Ok(all) => unix_findings(&all, &inodes, &mut needs),
         Err(e) => tracing::debug!(error = %e, "sock_diag unavailable; unix sockets not checked"),

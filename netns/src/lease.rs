@@ -13,6 +13,9 @@ use std::path::{Path, PathBuf};
 
 use crate::LinkAddrs;
 
+/// Distinguishes temp files of claims made by threads of one process.
+static TMP_SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// Lease failures.
 #[derive(Debug, thiserror::Error)]
 pub enum LeaseError {
@@ -140,13 +143,18 @@ impl LeaseStore {
     fn try_take(&self, owner: &str, addrs: &LinkAddrs) -> Result<bool, LeaseError> {
         fs::create_dir_all(&self.dir).map_err(|e| self.io(e))?;
         let path = self.path(addrs);
-        match OpenOptions::new().write(true).create_new(true).open(&path) {
-            Ok(mut f) => {
-                let lease = Lease { owner: owner.to_string(), addrs: *addrs };
-                let text = serde_json::to_string(&lease).map_err(|e| self.io(io::Error::other(e)))?;
-                f.write_all(text.as_bytes()).map_err(|e| self.io(e))?;
-                Ok(true)
-            }
+        // Written whole to a temp file, then link(2)ed into place: the link
+        // is the atomic, exclusive claim, and no reader sees a half lease.
+        let lease = Lease { owner: owner.to_string(), addrs: *addrs };
+        let text = serde_json::to_string(&lease).map_err(|e| self.io(io::Error::other(e)))?;
+        let tmp = self.dir.join(format!(".tmp.{}.{}", std::process::id(), TMP_SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)));
+        let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp).map_err(|e| self.io(e))?;
+        f.write_all(text.as_bytes()).map_err(|e| self.io(e))?;
+        drop(f);
+        let r = fs::hard_link(&tmp, &path);
+        let _ = fs::remove_file(&tmp);
+        match r {
+            Ok(()) => Ok(true),
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
             Err(e) => Err(self.io(e)),
         }
@@ -194,10 +202,11 @@ impl LeaseStore {
         }
     }
 
-    /// All leases.
+    /// All leases (temp files of claims in progress are skipped).
     pub fn list(&self) -> Vec<Lease> {
         let Ok(rd) = fs::read_dir(&self.dir) else { return Vec::new() };
         rd.flatten()
+            .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
             .filter_map(|e| fs::read_to_string(e.path()).ok())
             .filter_map(|t| serde_json::from_str(&t).ok())
             .collect()
