@@ -44,6 +44,10 @@ impl Ctx {
 
     /// The CRIU to use.
     pub fn criu(&self) -> anyhow::Result<cns_engine::Criu> {
+        let cache = self.store.paths.state.join(".criu-version");
+        if crate::store::mkdir_private(&self.store.paths.state).is_ok() {
+            return Ok(cns_engine::Criu::locate_cached(self.criu_path.as_deref(), &cache)?);
+        }
         Ok(cns_engine::Criu::locate(self.criu_path.as_deref())?)
     }
 

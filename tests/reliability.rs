@@ -115,9 +115,8 @@ fn bad_inputs_are_one_line_errors_that_change_nothing() {
     ok(&["rm", "-f", "--keep-images", &dumped]);
     start_counter(&other);
     ok(&["dump", "--leave-running", &other]);
-    let scratch = PathBuf::from(format!("/var/tmp/cns-test-{}", name("bi")));
-    let _ = std::fs::remove_dir_all(&scratch);
-    std::fs::create_dir_all(&scratch).expect("scratch");
+    let scratch_dir = SmallTmpfs::new("bi", "0");
+    let scratch = scratch_dir.0.clone();
     let img = |tag: &str| scratch.join(tag);
     // Image dirs broken in different ways (copies of a good one).
     let good = format!("/var/lib/cns/images/{other}");
@@ -189,7 +188,6 @@ fn bad_inputs_are_one_line_errors_that_change_nothing() {
     }
     assert_eq!(state_of(&live), "running");
     keeps_counting(&live);
-    let _ = std::fs::remove_dir_all(&scratch);
     report("bad_inputs", serde_json::json!({"inputs": tried}));
 }
 
@@ -244,7 +242,8 @@ fn kill_9_during_a_restore_leaves_no_process_veth_or_lease() {
     report("kill_during_restore", serde_json::json!({"faults": 1, "survived": 1}));
 }
 
-/// A directory for a small tmpfs that exists only in the mount namespaces
+/// A scratch directory under /var/tmp, removed when dropped; as a small
+/// tmpfs, one that exists only in the mount namespaces
 /// of the commands run through [`SmallTmpfs::cns`] (mounted inside a
 /// private `unshare -m`), so no workload started meanwhile inherits it.
 struct SmallTmpfs(PathBuf, String);

@@ -6,7 +6,7 @@ use std::fs;
 use std::path::Path;
 
 use crate::image::ImageDir;
-use crate::sockdiag::UnixSocket;
+use crate::sockdiag::{TcpSocket, UnixSocket};
 
 /// How bad a finding is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
@@ -93,22 +93,16 @@ pub struct TcpCounts {
     pub in_flight: usize,
 }
 
-/// Counts the tree's TCP sockets in the text of /proc/PID/net/tcp{,6}.
-pub fn count_tcp(text: &str, inodes: &BTreeSet<u64>) -> TcpCounts {
-    // Kernel TCP states, as CRIU's can_dump_inet_sk sorts them.
-    const CONNECTED: [&str; 7] = ["01", "02", "04", "05", "08", "09", "0B"];
-    const LISTEN: &str = "0A";
+/// Counts the tree's TCP sockets, sorted as CRIU's can_dump_inet_sk does.
+pub fn count_tcp(socks: &[TcpSocket], inodes: &BTreeSet<u64>) -> TcpCounts {
+    // Established, SYN_SENT, FIN_WAIT1/2, CLOSE_WAIT, LAST_ACK, CLOSING.
+    const CONNECTED: [u8; 7] = [1, 2, 4, 5, 8, 9, 11];
+    const LISTEN: u8 = 10;
     let mut c = TcpCounts::default();
-    for line in text.lines().skip(1) {
-        let cols: Vec<&str> = line.split_whitespace().collect();
-        // st is column 3, tx_queue:rx_queue column 4, inode column 9.
-        let (Some(st), Some(queues), Some(ino)) = (cols.get(3), cols.get(4), cols.get(9).and_then(|i| i.parse::<u64>().ok())) else { continue };
-        if !inodes.contains(&ino) {
-            continue;
-        }
-        if CONNECTED.contains(st) {
+    for s in socks.iter().filter(|s| inodes.contains(&s.inode)) {
+        if CONNECTED.contains(&s.state) {
             c.connected += 1;
-        } else if *st == LISTEN && queues.split(':').nth(1).is_some_and(|rx| u64::from_str_radix(rx, 16).is_ok_and(|n| n > 0)) {
+        } else if s.state == LISTEN && s.rqueue > 0 {
             c.in_flight += 1;
         }
     }
@@ -116,14 +110,13 @@ pub fn count_tcp(text: &str, inodes: &BTreeSet<u64>) -> TcpCounts {
 }
 
 fn tree_tcp(root: i32, inodes: &BTreeSet<u64>) -> TcpCounts {
-    let mut all = TcpCounts::default();
-    for f in ["tcp", "tcp6"] {
-        let Ok(text) = fs::read_to_string(format!("/proc/{root}/net/{f}")) else { continue };
-        let c = count_tcp(&text, inodes);
-        all.connected += c.connected;
-        all.in_flight += c.in_flight;
+    match crate::sockdiag::tcp_sockets(Some(root)) {
+        Ok(socks) => count_tcp(&socks, inodes),
+        Err(e) => {
+            tracing::debug!(error = %e, "inet_diag unavailable; TCP sockets not checked");
+            TcpCounts::default()
+        }
     }
-    all
 }
 
 /// Mounts the workload inherited whose mount point is gone from the host's
@@ -185,14 +178,23 @@ pub fn unix_findings(all: &[UnixSocket], tree: &BTreeSet<u64>, needs: &mut DumpN
     }
 }
 
-/// Parses /proc/locks and returns how many locks belong to `pids`.
-pub fn locks_held(locks: &str, pids: &[i32]) -> usize {
-    locks
-        .lines()
-        .filter(|l| !l.contains("->"))
-        .filter_map(|l| l.split_whitespace().nth(4)?.parse::<i32>().ok())
-        .filter(|p| pids.contains(p))
-        .count()
+/// Locks held through one fd, from its /proc/PID/fdinfo/FD text (blocked
+/// waiters, shown with "->", do not count). Cheaper than /proc/locks,
+/// whose every read walks all the machine's locks.
+pub fn fdinfo_locks(fdinfo: &str) -> usize {
+    fdinfo.lines().filter(|l| l.starts_with("lock:") && !l.contains("->")).count()
+}
+
+/// File locks held by the tree's processes, through their fds.
+fn tree_locks(pids: &[i32]) -> usize {
+    let mut n = 0;
+    for pid in pids {
+        let Ok(rd) = fs::read_dir(format!("/proc/{pid}/fdinfo")) else { continue };
+        for e in rd.flatten() {
+            n += fs::read_to_string(e.path()).map(|t| fdinfo_locks(&t)).unwrap_or(0);
+        }
+    }
+    n
 }
 
 /// Checks a running tree before a dump.
@@ -226,8 +228,7 @@ pub fn check_dump(root: i32, shell_job: bool, images_parent: &Path) -> DumpNeeds
         Ok(all) => unix_findings(&all, &inodes, &mut needs),
         Err(e) => tracing::debug!(error = %e, "sock_diag unavailable; unix sockets not checked"),
     }
-    let locks = fs::read_to_string("/proc/locks").unwrap_or_default();
-    let nlocks = locks_held(&locks, &pids);
+    let nlocks = tree_locks(&pids);
     if nlocks > 0 {
         needs.file_locks = true;
         needs.findings.push(Finding::new(
@@ -445,26 +446,27 @@ mod tests {
 
     #[test]
     fn sorts_tcp_states_like_criu() {
-        let text = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
-   0: 00000000:1B58 00000000:0000 0A 00000000:00000002 00:00000000 00000000     0        0 100 1
-   1: 0100007F:1B58 0100007F:A000 01 00000000:00000000 00:00000000 00000000     0        0 101 1
-   2: 0100007F:1B58 0100007F:A001 08 00000000:00000000 00:00000000 00000000     0        0 102 1
-   3: 0100007F:1B58 0100007F:A002 06 00000000:00000000 00:00000000 00000000     0        0 0 1
-   4: 0100007F:1B59 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 103 1
-   5: 0100007F:1B58 0100007F:A003 01 00000000:00000000 00:00000000 00000000     0        0 999 1
-";
+        let t = |inode, state, rqueue| TcpSocket { inode, state, rqueue };
+        let socks = [t(100, 10, 2), t(101, 1, 0), t(102, 8, 0), t(0, 6, 0), t(103, 10, 0), t(999, 1, 0)];
         let inodes: BTreeSet<u64> = [100, 101, 102, 103].into_iter().collect();
-        assert_eq!(count_tcp(text, &inodes), TcpCounts { connected: 2, in_flight: 1 });
+        assert_eq!(count_tcp(&socks, &inodes), TcpCounts { connected: 2, in_flight: 1 });
     }
 
     #[test]
-    fn counts_locks_of_the_tree() {
-        let locks = "1: POSIX  ADVISORY  WRITE 100 00:1f:1234 0 EOF\n\
-                     2: FLOCK  ADVISORY  WRITE 200 00:1f:99 0 EOF\n\
-                     2: -> FLOCK  ADVISORY  WRITE 100 00:1f:99 0 EOF\n";
-        assert_eq!(locks_held(locks, &[100]), 1);
-        assert_eq!(locks_held(locks, &[100, 200]), 2);
-        assert_eq!(locks_held(locks, &[300]), 0);
+    fn counts_locks_of_an_fd() {
+        let info = "pos:\t0\nflags:\t02\nmnt_id:\t27\nino:\t12\n\
+                    lock:\t1: POSIX  ADVISORY  WRITE 100 00:1f:1234 0 EOF\n\
+                    lock:\t2: FLOCK  ADVISORY  WRITE 100 00:1f:1234 0 EOF\n\
+                    lock:\t3: -> FLOCK  ADVISORY  WRITE 200 00:1f:1234 0 EOF\n";
+        assert_eq!(fdinfo_locks(info), 2);
+        assert_eq!(fdinfo_locks("pos:\t0\n"), 0);
+    }
+
+    #[test]
+    fn sees_its_own_flock() {
+        let f = tempfile::tempfile().expect("tmp");
+        let _l = nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive).expect("flock");
+        assert!(tree_locks(&[std::process::id() as i32]) >= 1);
     }
 
     #[test]
