@@ -156,6 +156,7 @@ pub fn dump(ctx: &Ctx, args: DumpArgs) -> anyhow::Result<i32> {
         notify: true,
     };
     progress(ctx, &format!("dumping {} (pid {pid})", w.name));
+    tracing::debug!("pre-flight done, starting criu");
     let swrk = Swrk::start(&criu.path, &[], criu_stderr(&staging, "criu-stderr.log"))?;
     let result = swrk.dump(&req, &mut |n: &Notify| {
         tracing::debug!(step = %n.script, "dump step");
@@ -167,6 +168,7 @@ pub fn dump(ctx: &Ctx, args: DumpArgs) -> anyhow::Result<i32> {
         let _ = fs::remove_dir_all(&staging);
         return Err(criu_failure("dump", e, &failed_log));
     }
+    tracing::debug!("criu finished the dump");
     let img = ImageDir::new(&staging);
     let stats = img.dump_stats().ok();
     let meta = Meta {
@@ -192,17 +194,19 @@ pub fn dump(ctx: &Ctx, args: DumpArgs) -> anyhow::Result<i32> {
         w.state = State::Dumped;
         w.pid = None;
         w.pid_start = None;
-        // The dumped netns goes away asynchronously; its host end would make
-        // an immediate restore under the same name fail with EEXIST.
-        network::delete_host_end(&w.net);
+        // The host end of the veth goes with the dumped netns, which the
+        // kernel frees asynchronously; deleting it here would cost the dump
+        // ~30 ms of RTNL. A restore deletes a lingering one first.
     }
     l.save(&w)?;
     drop(l);
+    tracing::debug!("checkpoint in place, record saved");
     if !args.leave_running {
         // The monitor records the end of the old tree and exits, freeing
         // published ports; an immediate restore must find them free.
         if let Some(shim) = w.shim_pid.filter(|&p| p != std::process::id() as i32) {
             monitor::wait_gone(shim, w.shim_start, std::time::Duration::from_secs(5));
+            tracing::debug!("the old monitor is gone");
         }
     }
     print_dump_stats(ctx, &w.name, &images, stats.as_ref(), args.json);

@@ -6,7 +6,7 @@ use std::fs;
 use std::path::Path;
 
 use crate::image::ImageDir;
-use crate::sockdiag::{TcpSocket, UnixSocket};
+use crate::sockdiag::{Diag, TcpSocket, UnixSocket};
 
 /// How bad a finding is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
@@ -109,8 +109,9 @@ pub fn count_tcp(socks: &[TcpSocket], inodes: &BTreeSet<u64>) -> TcpCounts {
     c
 }
 
-fn tree_tcp(root: i32, inodes: &BTreeSet<u64>) -> TcpCounts {
-    match crate::sockdiag::tcp_sockets(Some(root)) {
+fn tree_tcp(diag: Option<&Diag>, inodes: &BTreeSet<u64>) -> TcpCounts {
+    let Some(diag) = diag else { return TcpCounts::default() };
+    match diag.tcp() {
         Ok(socks) => count_tcp(&socks, inodes),
         Err(e) => {
             tracing::debug!(error = %e, "inet_diag unavailable; TCP sockets not checked");
@@ -202,7 +203,9 @@ pub fn check_dump(root: i32, shell_job: bool, images_parent: &Path) -> DumpNeeds
     let mut needs = DumpNeeds::default();
     let pids = tree_pids(root);
     let inodes = socket_inodes(&pids);
-    let tcp = tree_tcp(root, &inodes);
+    // One sock_diag socket in the tree's netns for all socket questions.
+    let diag = Diag::open(Some(root)).map_err(|e| tracing::debug!(error = %e, "sock_diag unavailable")).ok();
+    let tcp = tree_tcp(diag.as_ref(), &inodes);
     if tcp.connected > 0 {
         needs.tcp_established = true;
         needs.findings.push(Finding::new(
@@ -224,9 +227,10 @@ pub fn check_dump(root: i32, shell_job: bool, images_parent: &Path) -> DumpNeeds
         ));
     }
     needs.findings.extend(vanished_mountpoints(root, |p| Path::new(p).exists()));
-    match crate::sockdiag::unix_sockets(Some(root)) {
-        Ok(all) => unix_findings(&all, &inodes, &mut needs),
-        Err(e) => tracing::debug!(error = %e, "sock_diag unavailable; unix sockets not checked"),
+    match diag.as_ref().map(Diag::unix) {
+        Some(Ok(all)) => unix_findings(&all, &inodes, &mut needs),
+        Some(Err(e)) => tracing::debug!(error = %e, "sock_diag failed; unix sockets not checked"),
+        None => {}
     }
     let nlocks = tree_locks(&pids);
     if nlocks > 0 {

@@ -36,9 +36,35 @@ impl UnixSocket {
 /// Dumps every unix socket in the network namespace of `pid` (or the
 /// caller's when `None`).
 pub fn unix_sockets(pid: Option<i32>) -> std::io::Result<Vec<UnixSocket>> {
-    let sock = open_in(pid)?;
-    request(&sock, &request_bytes())?;
-    read_all(&sock, parse_msg)
+    Diag::open(pid)?.unix()
+}
+
+/// A NETLINK_SOCK_DIAG socket in one network namespace; it answers any
+/// number of dumps, one after the other.
+#[derive(Debug)]
+pub struct Diag(OwnedFd);
+
+impl Diag {
+    /// Opens it in the network namespace of `pid` (the caller's for `None`).
+    pub fn open(pid: Option<i32>) -> std::io::Result<Diag> {
+        open_in(pid).map(Diag)
+    }
+
+    /// Every unix socket of the namespace, with peers.
+    pub fn unix(&self) -> std::io::Result<Vec<UnixSocket>> {
+        request(&self.0, &request_bytes())?;
+        read_all(&self.0, parse_msg)
+    }
+
+    /// Every TCP socket (IPv4 and IPv6) of the namespace.
+    pub fn tcp(&self) -> std::io::Result<Vec<TcpSocket>> {
+        let mut out = Vec::new();
+        for family in [libc::AF_INET, libc::AF_INET6] {
+            request(&self.0, &inet_request_bytes(family as u8))?;
+            out.extend(read_all(&self.0, parse_inet_msg)?);
+        }
+        Ok(out)
+    }
 }
 
 /// One TCP socket as INET_DIAG reports it.
@@ -55,13 +81,7 @@ pub struct TcpSocket {
 /// One netlink dump each: /proc/net/tcp walks the whole hash table once
 /// per read(2), tens of milliseconds on a large machine.
 pub fn tcp_sockets(pid: Option<i32>) -> std::io::Result<Vec<TcpSocket>> {
-    let mut out = Vec::new();
-    for family in [libc::AF_INET, libc::AF_INET6] {
-        let sock = open_in(pid)?;
-        request(&sock, &inet_request_bytes(family as u8))?;
-        out.extend(read_all(&sock, parse_inet_msg)?);
-    }
-    Ok(out)
+    Diag::open(pid)?.tcp()
 }
 
 /// nlmsghdr + inet_diag_req_v2 (TCP, all states).
@@ -241,6 +261,15 @@ mod tests {
         assert_eq!(sb.peer, ia);
         assert!(sa.is_stream());
         assert_eq!(sb.shutdown & 2, 2, "SHUT_WR is reported");
+    }
+
+    #[test]
+    fn one_socket_answers_several_dumps() {
+        let d = Diag::open(None).expect("open");
+        let a = d.unix().expect("unix");
+        d.tcp().expect("tcp");
+        let b = d.unix().expect("unix again");
+        assert!(!a.is_empty() && !b.is_empty());
     }
 
     #[test]
