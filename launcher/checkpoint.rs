@@ -294,7 +294,6 @@ struct Plan {
     images: PathBuf,
     meta: Meta,
     flags: CriuFlags,
-    in_place: bool,
     net: store::NetConfig,
     log: PathBuf,
     /// The workload's state dir, where the recovery marker lives.
@@ -360,10 +359,13 @@ pub fn restore(ctx: &Ctx, args: RestoreArgs) -> anyhow::Result<i32> {
         let mut net = meta.workload.net.clone();
         if net.mode == "veth" {
             net.host_if = Some(cns_netns::host_veth_name(&new_name));
-            if in_place || args.keep_ip {
+            if (in_place && !args.new_ip) || args.keep_ip {
                 if let Some(a) = &net.addrs {
                     let store = network::lease_store(ctx);
-                    store.take(&new_name, a).map_err(|e| crate::error::hinted(e.to_string(), "restore a copy without --keep-ip"))?;
+                    store.take(&new_name, a).map_err(|e| {
+                        let hint = if in_place { "restore it with --new-ip (established connections are lost)" } else { "restore the copy without --keep-ip" };
+                        crate::error::hinted(e.to_string(), hint)
+                    })?;
                     if !in_place {
                         rollback.lease = Some(*a);
                     }
@@ -396,7 +398,6 @@ pub fn restore(ctx: &Ctx, args: RestoreArgs) -> anyhow::Result<i32> {
             images: images.clone(),
             meta: meta.clone(),
             flags: flags.clone(),
-            in_place,
             net,
             log: log.clone(),
             state_dir: locked.dir.clone(),
@@ -552,7 +553,7 @@ fn restore_now(_ctx: &Ctx, criu: &Path, p: &Plan, log_file: &fs::File) -> anyhow
         notify: true,
     };
     let net = p.net.clone();
-    let move_address = !p.in_place && net.addrs != p.meta.workload.net.addrs;
+    let move_address = net.addrs != p.meta.workload.net.addrs;
     let mut hook_err: Option<String> = None;
     let _ = log_file;
     let swrk = Swrk::start(criu, &[], criu_stderr(&p.images, &format!("criu-stderr-{}.log", p.new_name)))?;

@@ -51,6 +51,10 @@ pub enum Command {
     Check(CheckArgs),
     /// Show everything about a workload or checkpoint
     Inspect(InspectArgs),
+    /// Write a workload's checkpoint into one portable archive
+    Export(ExportArgs),
+    /// Unpack a checkpoint archive (from `cns export`) for `cns restore`
+    Import(ImportArgs),
     /// Print shell completions
     Completions(CompletionsArgs),
     /// Write man pages into a directory
@@ -208,6 +212,10 @@ pub struct RestoreArgs {
     /// Keep the dumped inner address for a copy (default: a fresh one for --as)
     #[arg(long)]
     pub keep_ip: bool,
+    /// Give an in-place restore a fresh address (its TCP connections are
+    /// lost), e.g. when the checkpoint's address is taken on this machine
+    #[arg(long, conflicts_with = "keep_ip")]
+    pub new_ip: bool,
     /// Skip the pre-flight check
     #[arg(long)]
     pub no_preflight: bool,
@@ -243,6 +251,30 @@ pub struct InspectArgs {
     pub name: String,
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// Workload whose last checkpoint to export
+    pub name: String,
+    /// The archive to write
+    #[arg(short, long, value_name = "FILE")]
+    pub output: PathBuf,
+    /// Compression of the archive
+    #[arg(long, default_value = "zstd", value_name = "none|gzip|zstd")]
+    pub compress: crate::portable::Compression,
+}
+
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// An archive written by `cns export`
+    pub file: PathBuf,
+    /// Name to give the imported checkpoint (default: its own)
+    #[arg(long = "as", value_name = "NAME")]
+    pub as_name: Option<String>,
+    /// Refuse archives that unpack to more than this many MiB
+    #[arg(long, default_value_t = 65536, value_name = "MIB")]
+    pub max_size: u64,
 }
 
 #[derive(Debug, Args)]

@@ -8,6 +8,7 @@ mod lifecycle;
 mod monitor;
 mod network;
 mod paths;
+mod portable;
 mod publish;
 mod recovery;
 mod run;
@@ -94,6 +95,8 @@ fn dispatch(ctx: &Ctx, command: Command) -> anyhow::Result<i32> {
         Command::Restore(a) => checkpoint::restore(ctx, a),
         Command::Check(a) => syscheck::check(ctx, a),
         Command::Inspect(a) => extras::inspect(ctx, a),
+        Command::Export(a) => portable::export(ctx, a),
+        Command::Import(a) => portable::import(ctx, a),
         Command::Completions(a) => extras::completions(a),
         Command::Man(a) => extras::man(a),
     }
