@@ -42,7 +42,8 @@ fn export_rm_import_restore_continues_the_workload() {
         ok(&["import", file.to_str().expect("utf8")]);
         assert_eq!(state_of(&n), "dumped");
         ok(&["check", "--image", &n]);
-        ok(&["restore", "-d", &n]);
+        // rm released the address and parallel tests may hold it by now.
+        ok(&["restore", "-d", "--new-ip", &n]);
         wait_for("the counter to continue", 20, || last_count(&n).is_some_and(|c| c > k + 2));
         let nums: Vec<u64> = log_of(&n).lines().filter_map(|l| l.trim().parse().ok()).collect();
         let pos = nums.iter().position(|&v| v == k).expect("the old output came along");
