@@ -119,6 +119,7 @@ pub fn dump(ctx: &Ctx, args: DumpArgs) -> anyhow::Result<i32> {
         return Ok(0);
     }
     let mut skip_in_flight = args.tcp_skip_in_flight;
+    let mut memory = 0;
     let parent = images.parent().unwrap_or(Path::new("/")).to_path_buf();
     store::mkdir_private(&parent).with_context(|| format!("cannot create {}", parent.display()))?;
     if !args.no_preflight {
@@ -134,6 +135,7 @@ pub fn dump(ctx: &Ctx, args: DumpArgs) -> anyhow::Result<i32> {
         flags.file_locks |= needs.file_locks;
         flags.ext_unix_sk |= needs.ext_unix_sk;
         skip_in_flight |= needs.tcp_skip_in_flight;
+        memory = needs.memory_bytes;
     }
     // Dump into a staging directory: a failed dump never damages the last good checkpoint.
     let staging = parent.join(format!(".{}.dump-{}", images.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(), std::process::id()));
@@ -155,13 +157,20 @@ pub fn dump(ctx: &Ctx, args: DumpArgs) -> anyhow::Result<i32> {
         external: dump_externals(&w),
         notify: true,
     };
-    progress(ctx, &format!("dumping {} (pid {pid})", w.name));
+    let progress = Progress::new(ctx, format!("dumping {}", w.name));
+    progress.stage(&format!("freezing the tree (pid {pid})"));
     tracing::debug!("pre-flight done, starting criu");
     let swrk = Swrk::start(&criu.path, &[], criu_stderr(&staging, "criu-stderr.log"))?;
     let result = swrk.dump(&req, &mut |n: &Notify| {
         tracing::debug!(step = %n.script, "dump step");
+        match n.script.as_str() {
+            "pre-dump" => progress.stage(&format!("frozen, dumping memory ({} MiB)", memory >> 20)),
+            "post-dump" => progress.stage("writing the images"),
+            _ => {}
+        }
         NotifyAction::Continue
     });
+    progress.done();
     if let Err(e) = result {
         let failed_log = parent.join(format!("{}.failed-dump.log", w.name));
         let _ = fs::rename(staging.join(cns_engine::image::DUMP_LOG), &failed_log);
@@ -213,10 +222,35 @@ pub fn dump(ctx: &Ctx, args: DumpArgs) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-fn progress(ctx: &Ctx, what: &str) {
-    use std::io::IsTerminal;
-    if !ctx.quiet && std::io::stderr().is_terminal() {
-        eprintln!("cns: {what}...");
+/// Stages of a long dump or restore on a terminal: one line, rewritten in
+/// place, erased when done. Silent when stderr is not a terminal or -q.
+struct Progress {
+    on: bool,
+    what: String,
+}
+
+impl Progress {
+    fn new(ctx: &Ctx, what: String) -> Progress {
+        use std::io::IsTerminal;
+        Progress { on: !ctx.quiet && std::io::stderr().is_terminal(), what }
+    }
+
+    fn stage(&self, stage: &str) {
+        if self.on {
+            eprint!("\r\x1b[Kcns: {}: {stage}...", self.what);
+        }
+    }
+
+    fn done(&self) {
+        if self.on {
+            eprint!("\r\x1b[K");
+        }
+    }
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        self.done();
     }
 }
 
@@ -424,7 +458,8 @@ pub fn restore(ctx: &Ctx, args: RestoreArgs) -> anyhow::Result<i32> {
         record.net = plan.net.clone();
         record.log = log.clone();
         let work = |ctx: &Ctx| restore_now(ctx, &criu.path, &plan, &log_file);
-        progress(ctx, &format!("restoring {new_name}"));
+        let progress = Progress::new(ctx, format!("restoring {new_name}"));
+        progress.stage(&format!("restoring {} MiB of memory", img.page_bytes().unwrap_or(0) >> 20));
         let mut shim = std::process::id() as i32;
         let pid = if args.detach {
             let mut w = || {
@@ -485,8 +520,18 @@ pub fn restore(ctx: &Ctx, args: RestoreArgs) -> anyhow::Result<i32> {
     record.namespaces = crate::spawn::namespace_inodes(pid);
     locked.save(&record)?;
     recovery::end(&locked.dir);
+    if stats.is_some() {
+        // The checkpoint remembers its last restore (for `cns inspect`).
+        let mut m = meta.clone();
+        m.last_restore = stats.clone();
+        if let Ok(text) = serde_json::to_vec_pretty(&m) {
+            let _ = store::write_atomic(&images.join(cns_engine::image::META_FILE), &text, 0o600);
+        }
+    }
     if let Some(p) = &args.pidfile {
-        crate::run::write_pidfile(p, pid)?;
+        // An adopted tree's root is a child of the pid namespace's init.
+        let root = if meta.workload.adopted { first_child(pid).unwrap_or(pid) } else { pid };
+        crate::run::write_pidfile(p, root)?;
     }
     drop(locked);
     if args.json {
@@ -518,6 +563,10 @@ fn restore_cmdline(criu: &Path, p: &Plan, pidfile: Option<&Path>) -> String {
     }
     flag_args(&mut v, &p.flags);
     v.join(" ")
+}
+
+fn first_child(pid: i32) -> Option<i32> {
+    fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).ok()?.split_whitespace().next()?.parse().ok()
 }
 
 fn ensure_file(p: &Path) -> anyhow::Result<()> {

@@ -248,7 +248,10 @@ pub struct CheckArgs {
 
 #[derive(Debug, Args)]
 pub struct InspectArgs {
+    /// Workload name, or a checkpoint directory (any path with a '/')
+    #[arg(value_name = "NAME|DIR")]
     pub name: String,
+    /// Print JSON (field names are stable: docs/json.md)
     #[arg(long)]
     pub json: bool,
 }

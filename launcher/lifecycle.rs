@@ -25,6 +25,7 @@ pub struct PsRow {
     pub exit_code: Option<i32>,
     pub images: Option<String>,
     pub restored_from: Option<String>,
+    pub adopted: bool,
 }
 
 impl From<&Workload> for PsRow {
@@ -41,6 +42,7 @@ impl From<&Workload> for PsRow {
             exit_code: if state == State::Exited { w.exit_code } else { None },
             images: w.images.as_ref().map(|p| p.display().to_string()),
             restored_from: w.restored_from.clone(),
+            adopted: w.adopted,
         }
     }
 }

@@ -165,7 +165,8 @@ fn adopted_host_tree_restores_with_its_pid_in_a_fresh_pid_ns() {
     // Take its PID on the host: the restore must not care.
     let squatter = std::process::Command::new("sleep").arg("100").spawn().expect("sleep");
     let k: u64 = std::fs::read_to_string(&out).expect("out").lines().filter_map(|l| l.parse().ok()).last().expect("k");
-    ok(&["restore", "-d", &n]);
+    let pidfile = dir.path().join("pid");
+    ok(&["restore", "-d", &n, "--pidfile", pidfile.to_str().expect("utf8")]);
     wait_for("the adopted tree to continue", 20, || std::fs::read_to_string(&out).is_ok_and(|t| t.lines().filter_map(|l| l.parse::<u64>().ok()).last().is_some_and(|v| v > k + 2)));
     let vals: Vec<u64> = std::fs::read_to_string(&out).expect("out").lines().filter_map(|l| l.parse().ok()).collect();
     let pos = vals.iter().position(|&v| v == k).expect("k");
@@ -178,6 +179,8 @@ fn adopted_host_tree_restores_with_its_pid_in_a_fresh_pid_ns() {
     let nspid = status.lines().find(|l| l.starts_with("NSpid:")).expect("NSpid");
     assert_eq!(nspid.split_whitespace().last(), Some(host_pid.to_string().as_str()), "{nspid}");
     assert_ne!(ns_inode(restored, "pid"), ns_inode(std::process::id() as i32, "pid"));
+    let written: i32 = std::fs::read_to_string(&pidfile).expect("pidfile").trim().parse().expect("pid");
+    assert_eq!(written, restored, "the pidfile holds the ns init, not the restored root");
     let mut squatter = squatter;
     let _ = squatter.kill();
     let _ = squatter.wait();

@@ -40,6 +40,8 @@ pub struct DumpNeeds {
     pub tcp_skip_in_flight: bool,
     pub ext_unix_sk: bool,
     pub file_locks: bool,
+    /// Anonymous memory of the tree: about what the dump writes.
+    pub memory_bytes: u64,
     pub findings: Vec<Finding>,
 }
 
@@ -275,6 +277,7 @@ pub fn check_dump(root: i32, shell_job: bool, images_parent: &Path) -> DumpNeeds
         .filter_map(|s| s.lines().find_map(|l| l.strip_prefix("RssAnon:").map(|v| v.trim().trim_end_matches(" kB").trim().parse::<u64>().unwrap_or(0))))
         .sum::<u64>()
         * 1024;
+    needs.memory_bytes = rss;
     if let Ok(st) = nix::sys::statvfs::statvfs(images_parent) {
         let free = st.blocks_available() as u64 * st.fragment_size() as u64;
         if free < rss + (16 << 20) {
