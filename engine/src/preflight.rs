@@ -84,6 +84,17 @@ fn socket_inodes(pids: &[i32]) -> BTreeSet<u64> {
     s
 }
 
+/// The `flags:` of an fdinfo text (octal).
+pub fn fdinfo_flags(fdinfo: &str) -> Option<u32> {
+    fdinfo.lines().find_map(|l| l.strip_prefix("flags:")).and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
+}
+
+/// Devices whose state is nothing but their path (or that CRIU handles).
+fn plain_device(path: &str) -> bool {
+    const PLAIN: [&str; 6] = ["/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom", "/dev/ptmx"];
+    PLAIN.contains(&path) || path.starts_with("/dev/pts/") || path.starts_with("/dev/tty") || path == "/dev/console" || path.starts_with("/dev/shm/")
+}
+
 /// TCP sockets of the tree that CRIU treats specially.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct TcpCounts {
@@ -245,11 +256,28 @@ pub fn check_dump(root: i32, shell_job: bool, images_parent: &Path) -> DumpNeeds
             "cns dumps with --file-locks",
         ));
     }
+    // Pipe inode -> (a read end in the tree, a write end in the tree).
+    let mut pipes: std::collections::BTreeMap<String, (bool, bool)> = Default::default();
     for pid in &pids {
         let Ok(rd) = fs::read_dir(format!("/proc/{pid}/fd")) else { continue };
         for e in rd.flatten() {
             let Ok(t) = fs::read_link(e.path()) else { continue };
             let t = t.to_string_lossy().into_owned();
+            if t.starts_with("pipe:") {
+                let info = fs::read_to_string(format!("/proc/{pid}/fdinfo/{}", e.file_name().to_string_lossy())).unwrap_or_default();
+                let writes = fdinfo_flags(&info).is_some_and(|f| f & 0o3 == 0o1);
+                let ends = pipes.entry(t.clone()).or_default();
+                if writes { ends.1 = true } else { ends.0 = true }
+            }
+            if t.starts_with("/dev/") && !plain_device(&t) {
+                needs.findings.push(Finding::new(
+                    Severity::Warning,
+                    "device",
+                    format!("pid {pid} fd {} -> {t}", e.file_name().to_string_lossy()),
+                    "the tree holds a device open; CRIU reopens it by path and does not save its state",
+                    "fine for stateless devices; close stateful ones (kvm, fuse, tun) before dumping",
+                ));
+            }
             if (t.starts_with("/dev/pts/") || t.starts_with("/dev/tty") || t == "/dev/console") && !shell_job {
                 needs.findings.push(Finding::new(
                     Severity::Blocker,
@@ -268,6 +296,17 @@ pub fn check_dump(root: i32, shell_job: bool, images_parent: &Path) -> DumpNeeds
                     "fine if it is small (ghost limit 1 MiB); otherwise close it before dumping",
                 ));
             }
+        }
+    }
+    for (pipe, (r, w)) in pipes {
+        if r != w {
+            needs.findings.push(Finding::new(
+                Severity::Warning,
+                "pipe-external",
+                pipe,
+                format!("the tree holds only the {} end of a pipe; the other end is outside it", if r { "read" } else { "write" }),
+                "after a restore that end has no peer (EOF or EPIPE); keep both ends inside the workload",
+            ));
         }
     }
     // Memory to write vs free space where the images go.
@@ -457,6 +496,27 @@ mod tests {
         let socks = [t(100, 10, 2), t(101, 1, 0), t(102, 8, 0), t(0, 6, 0), t(103, 10, 0), t(999, 1, 0)];
         let inodes: BTreeSet<u64> = [100, 101, 102, 103].into_iter().collect();
         assert_eq!(count_tcp(&socks, &inodes), TcpCounts { connected: 2, in_flight: 1 });
+    }
+
+    #[test]
+    fn reads_fdinfo_flags() {
+        assert_eq!(fdinfo_flags("pos:\t0\nflags:\t02000001\nmnt_id:\t15\n"), Some(0o2000001));
+        assert_eq!(fdinfo_flags("pos:\t0\n"), None);
+        assert!(plain_device("/dev/null") && plain_device("/dev/pts/3") && !plain_device("/dev/kvm") && !plain_device("/dev/net/tun"));
+    }
+
+    #[test]
+    fn a_pipe_to_the_outside_is_flagged() {
+        // A child reading a pipe whose write end stays here, outside its tree.
+        let (r, _w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).expect("pipe");
+        let mut child = std::process::Command::new("sleep").arg("100").stdin(std::process::Stdio::from(r)).spawn().expect("sleep");
+        let dir = tempfile::tempdir().expect("tmp");
+        let needs = check_dump(child.id() as i32, true, dir.path());
+        let _ = child.kill();
+        let _ = child.wait();
+        // (Its stdout and stderr may be the harness's pipes too: write ends.)
+        let f = needs.findings.iter().find(|f| f.code == "pipe-external" && f.message.contains("read end")).expect("the stdin pipe is flagged");
+        assert_eq!(f.severity, Severity::Warning);
     }
 
     #[test]
