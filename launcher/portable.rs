@@ -299,7 +299,7 @@ fn unpack(file: &Path, reader: Box<dyn Read>, staging: &Path, max_total: u64) ->
         bail_hint!("raise --max-size if you trust the archive", "cannot import {}: it holds {} MiB, more than the limit of {} MiB", file.display(), total >> 20, max_total >> 20);
     }
     if let Ok(st) = nix::sys::statvfs::statvfs(staging) {
-        let free = st.blocks_available() as u64 * st.fragment_size() as u64;
+        let free = st.blocks_available() * st.fragment_size();
         if total + (16 << 20) > free {
             bail_hint!("free space where the images go (or set images_dir in the config)", "cannot import {}: it needs {} MiB, {} MiB are free", file.display(), total >> 20, free >> 20);
         }

@@ -108,7 +108,7 @@ pub fn sweep(ctx: &Ctx) {
             _ => {}
         }
         if let Some(m) = &marker {
-            tracing::warn!(workload = %name, owner = m.owner, "cleaning up after a cns command that died half-way");
+            tracing::info!(workload = %name, owner = m.owner, "cleaning up after a cns command that died half-way");
             undo(ctx, &name, m);
         }
         if !has_record || marker.as_ref().is_some_and(|m| m.new_record) {

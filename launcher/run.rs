@@ -91,7 +91,7 @@ pub fn run(ctx: &Ctx, args: RunArgs) -> anyhow::Result<i32> {
     let result = (|| -> anyhow::Result<i32> {
         recovery::begin(&locked.dir, &marker)?;
         let lease = network::lease(ctx, &name, &net_plan)?;
-        rollback.lease = lease.clone();
+        rollback.lease = lease;
         let host_if = lease.as_ref().map(|_| cns_netns::host_veth_name(&name));
         let log = ctx.store.paths.log_file(&name);
         marker.lease = lease;

@@ -242,6 +242,7 @@ impl Store {
             .read(true)
             .write(true)
             .create(true)
+            .truncate(false)
             .mode(0o600)
             .open(dir.join("lock"))
             .with_context(|| format!("cannot open the lock of workload {name}"))?;
@@ -264,7 +265,7 @@ impl Store {
         if !dir.join("workload.json").exists() {
             return Err(unknown(name));
         }
-        let mut f = OpenOptions::new().read(true).write(true).create(true).mode(0o600).open(dir.join("lock"))?;
+        let mut f = OpenOptions::new().read(true).write(true).create(true).truncate(false).mode(0o600).open(dir.join("lock"))?;
         // Brief holders (a monitor recording an exit, a sweep) let go within
         // milliseconds; a dump or restore holds on for seconds.
         let deadline = std::time::Instant::now() + std::time::Duration::from_millis(300);

@@ -164,10 +164,10 @@ fn adopted_host_tree_restores_with_its_pid_in_a_fresh_pid_ns() {
     let _ = child.wait();
     // Take its PID on the host: the restore must not care.
     let squatter = std::process::Command::new("sleep").arg("100").spawn().expect("sleep");
-    let k: u64 = std::fs::read_to_string(&out).expect("out").lines().filter_map(|l| l.parse().ok()).last().expect("k");
+    let k: u64 = std::fs::read_to_string(&out).expect("out").lines().filter_map(|l| l.parse().ok()).next_back().expect("k");
     let pidfile = dir.path().join("pid");
     ok(&["restore", "-d", &n, "--pidfile", pidfile.to_str().expect("utf8")]);
-    wait_for("the adopted tree to continue", 20, || std::fs::read_to_string(&out).is_ok_and(|t| t.lines().filter_map(|l| l.parse::<u64>().ok()).last().is_some_and(|v| v > k + 2)));
+    wait_for("the adopted tree to continue", 20, || std::fs::read_to_string(&out).is_ok_and(|t| t.lines().filter_map(|l| l.parse::<u64>().ok()).next_back().is_some_and(|v| v > k + 2)));
     let vals: Vec<u64> = std::fs::read_to_string(&out).expect("out").lines().filter_map(|l| l.parse().ok()).collect();
     let pos = vals.iter().position(|&v| v == k).expect("k");
     assert_eq!(vals[pos + 1], k + 1, "did not continue from {k}");
@@ -206,7 +206,7 @@ unsafe fn libc_flock(f: &std::fs::File) -> i32 {
     unsafe extern "C" {
         fn flock(fd: i32, op: i32) -> i32;
     }
-    // LOCK_EX | LOCK_NB
+    // SAFETY: flock(2) on an fd we own; LOCK_EX | LOCK_NB.
     unsafe { flock(f.as_raw_fd(), 2 | 4) }
 }
 

@@ -13,7 +13,7 @@ fn sh_blocks(md: &str) -> Vec<String> {
     let mut cur: Option<String> = None;
     for line in md.lines() {
         match (&mut cur, line.trim_start()) {
-            (None, l) if l == "```sh" => cur = Some(String::new()),
+            (None, "```sh") => cur = Some(String::new()),
             (Some(b), "```") => {
                 out.push(std::mem::take(b));
                 cur = None;

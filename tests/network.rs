@@ -51,19 +51,7 @@ fn echo_once(stream: &mut TcpStream, reader: &mut BufReader<TcpStream>, msg: &st
 }
 
 fn connect(ip: &str) -> (TcpStream, BufReader<TcpStream>) {
-    let mut last = None;
-    for _ in 0..100 {
-        match TcpStream::connect_timeout(&format!("{ip}:7000").parse().expect("addr"), Duration::from_secs(2)) {
-            Ok(s) => {
-                s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
-                let r = BufReader::new(s.try_clone().expect("clone"));
-                return (s, r);
-            }
-            Err(e) => last = Some(e),
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("cannot connect to {ip}:7000: {last:?}");
+    connect_to(&format!("{ip}:7000"))
 }
 
 #[test]
@@ -145,7 +133,7 @@ fn free_port() -> u16 {
 fn connect_to(addr: &str) -> (TcpStream, BufReader<TcpStream>) {
     let mut last = None;
     for _ in 0..100 {
-        match TcpStream::connect(addr) {
+        match TcpStream::connect_timeout(&addr.parse().expect("addr"), Duration::from_secs(2)) {
             Ok(s) => {
                 s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
                 let r = BufReader::new(s.try_clone().expect("clone"));

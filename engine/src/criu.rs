@@ -50,7 +50,7 @@ impl CriuVersion {
     /// Parses the `Version: X.Y[.Z]` line of `criu --version`.
     pub fn parse_version_output(out: &str) -> Option<CriuVersion> {
         let line = out.lines().find_map(|l| l.trim().strip_prefix("Version:"))?;
-        let mut it = line.trim().split(|c: char| c == '.' || c == '-');
+        let mut it = line.trim().split(['.', '-']);
         let major = it.next()?.parse().ok()?;
         let minor = it.next()?.parse().ok()?;
         let sublevel = it.next().and_then(|s| s.parse().ok()).unwrap_or(0);
@@ -93,7 +93,7 @@ impl Criu {
         };
         let key = cache_key(&path);
         if let (Some(key), Ok(text)) = (&key, std::fs::read_to_string(cache)) {
-            if let Some(v) = text.strip_prefix(key.as_str()).and_then(|rest| CriuVersion::parse_version_output(rest)) {
+            if let Some(v) = text.strip_prefix(key.as_str()).and_then(CriuVersion::parse_version_output) {
                 if v >= MIN_VERSION {
                     return Ok(Criu { path, version: v });
                 }

@@ -318,7 +318,7 @@ pub fn check_dump(root: i32, shell_job: bool, images_parent: &Path) -> DumpNeeds
         * 1024;
     needs.memory_bytes = rss;
     if let Ok(st) = nix::sys::statvfs::statvfs(images_parent) {
-        let free = st.blocks_available() as u64 * st.fragment_size() as u64;
+        let free = st.blocks_available() * st.fragment_size();
         if free < rss + (16 << 20) {
             needs.findings.push(Finding::new(
                 Severity::Blocker,
