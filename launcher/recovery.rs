@@ -117,7 +117,7 @@ pub fn sweep(ctx: &Ctx) {
             end(&dir);
         }
     }
-    sweep_staging(&ctx.images_root());
+    sweep_staging(ctx);
 }
 
 fn undo(ctx: &Ctx, name: &str, m: &Marker) {
@@ -149,15 +149,38 @@ fn flock(path: &Path, wait: bool) -> Option<nix::fcntl::Flock<fs::File>> {
     nix::fcntl::Flock::lock(f, how).ok()
 }
 
-/// `.NAME.dump-PID` directories whose dump is gone.
-fn sweep_staging(root: &Path) {
-    let Ok(rd) = fs::read_dir(root) else { return };
+/// `.NAME.dump-PID` directories whose dump is gone. A CRIU killed mid-dump
+/// also leaves its network lock (an nf_tables table in the workload's
+/// netns that drops its traffic): lift it, or the workload, running again,
+/// would stay cut off.
+fn sweep_staging(ctx: &Ctx) {
+    let Ok(rd) = fs::read_dir(ctx.images_root()) else { return };
     for e in rd.flatten() {
         let n = e.file_name().to_string_lossy().into_owned();
         let Some(pid) = staging_pid(&n) else { continue };
-        if !process_matches(pid, None) {
-            let _ = fs::remove_dir_all(e.path());
+        if process_matches(pid, None) {
+            continue;
         }
+        let name = n.trim_start_matches('.').rsplit_once(".dump-").map(|(w, _)| w.to_string()).unwrap_or_default();
+        if let Some(root) = ctx.store.get(&name).ok().and_then(|w| w.live_pid()) {
+            unlock_network(&name, root);
+        }
+        let _ = fs::remove_dir_all(e.path());
+    }
+}
+
+/// Deletes CRIU network-lock tables left in the netns of `root`.
+fn unlock_network(name: &str, root: i32) {
+    match cns_netns::nft::criu_lock_tables(root) {
+        Ok(tables) => {
+            for t in tables {
+                tracing::info!(workload = name, table = %t.name, "lifting the network lock of a dump that died");
+                if let Err(e) = cns_netns::nft::delete_table(Some(root), &t) {
+                    tracing::info!(workload = name, error = %e, "cannot lift CRIU's network lock");
+                }
+            }
+        }
+        Err(e) => tracing::debug!(workload = name, error = %e, "cannot list nf_tables tables"),
     }
 }
 

@@ -199,9 +199,14 @@ fn kill_9_during_a_dump_leaves_the_workload_running_and_a_later_dump_works() {
     let root = pid_of(&n);
     let mut cns_dump = Command::new(cns_bin()).args(["dump", &n]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("cns dump");
     let cns_pid = cns_dump.id() as i32;
-    wait_for("CRIU to start dumping", 20, || descendant_named(cns_pid, "criu").is_some());
+    // Kill it once CRIU has locked the workload's network (an nf_tables table).
+    wait_for("CRIU to lock the network", 20, || cns_netns::nft::criu_lock_tables(root).is_ok_and(|t| !t.is_empty()));
+    assert!(descendant_named(cns_pid, "criu").is_some(), "CRIU is not running");
     let _ = cns_dump.kill();
     let _ = cns_dump.wait();
+    // The next command lifts the lock a dead dump left.
+    ok(&["ps"]);
+    assert_eq!(cns_netns::nft::criu_lock_tables(root).map(|t| t.len()).ok(), Some(0), "the network stays locked");
     // CRIU dies with cns (PDEATHSIG); the tree is released, not frozen, not killed.
     wait_for("the tree to run again", 20, || children(root).iter().all(|&c| process_state(c) != "t" && process_state(c) != "T"));
     assert!(alive(root), "the workload died with the killed dump");

@@ -7,6 +7,7 @@
 
 pub mod lease;
 mod netlink;
+pub mod nft;
 
 pub use lease::{Lease, LeaseError, LeaseStore, Pool};
 pub use netlink::{NetError, Netlink};
