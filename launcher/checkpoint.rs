@@ -115,7 +115,11 @@ pub fn dump(ctx: &Ctx, args: DumpArgs) -> anyhow::Result<i32> {
     flags.tcp_established |= ctx.config.tcp_established;
     flags.file_locks |= ctx.config.file_locks;
     if args.print_criu_cmdline {
-        println!("{}", dump_cmdline(&criu.path, pid, &images, &flags, args.leave_running, &dump_externals(&w)));
+        let mut line = dump_cmdline(&criu.path, pid, &images, &flags, args.leave_running, &dump_externals(&w));
+        if args.tcp_skip_in_flight {
+            line.push_str(" --tcp-skip-in-flight");
+        }
+        println!("{line}");
         return Ok(0);
     }
     let mut skip_in_flight = args.tcp_skip_in_flight;

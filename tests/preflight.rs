@@ -237,3 +237,25 @@ fn tty_without_shell_job_blocks_adoption_before_freezing() {
     let _ = parent.kill();
     let _ = parent.wait();
 }
+
+#[test]
+fn unaccepted_connections_are_seen_first_and_dumped_with_skip_in_flight() {
+    let n = name("inflight");
+    let _c = Cleanup(vec![n.clone()]);
+    // A listener that never accepts: the host's connection waits in its queue.
+    let script = "import socket, time\ns = socket.socket()\ns.bind(('0.0.0.0', 7100))\ns.listen(4)\nprint('listening', flush=True)\ntime.sleep(1000)\n";
+    ok(&["run", "-d", "--name", &n, "--", "python3", "-c", script]);
+    wait_for("the listener", 20, || log_of(&n).contains("listening"));
+    let ip = ps_entry(&n).and_then(|e| e["ip"].as_str().map(String::from)).expect("ip");
+    let _waiting = std::net::TcpStream::connect((ip.as_str(), 7100)).expect("connect");
+    let out = cns(&["check", "--json", &n]);
+    let findings: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert!(findings.as_array().is_some_and(|f| f.iter().any(|x| x["code"] == "tcp-in-flight" && x["severity"] == "warning")), "{findings}");
+    // The real CRIU refuses it without the flag...
+    fails(&["dump", "--no-preflight", "--leave-running", &n]);
+    let log = std::fs::read_to_string(format!("/var/lib/cns/images/{n}.failed-dump.log")).unwrap_or_default();
+    assert!(log.contains("In-flight connection"), "CRIU did not fail on the queued connection: {log}");
+    // ...and cns, having seen it, dumps with --tcp-skip-in-flight.
+    ok(&["dump", "--leave-running", &n]);
+    assert_eq!(state_of(&n), "running");
+}
