@@ -259,3 +259,36 @@ fn unaccepted_connections_are_seen_first_and_dumped_with_skip_in_flight() {
     ok(&["dump", "--leave-running", &n]);
     assert_eq!(state_of(&n), "running");
 }
+
+#[test]
+fn a_socket_connected_to_the_host_netns_blocks_the_dump_before_freezing() {
+    let n = name("dgram");
+    let _c = Cleanup(vec![n.clone()]);
+    let dir = Scratch::new("dgram");
+    let path = dir.0.join("host.dgram");
+    let host = std::os::unix::net::UnixDatagram::bind(&path).expect("bind");
+    let script = format!(
+        "import socket, time\ns = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)\ns.connect('{}')\ns.send(b'hello')\ni = 0\nwhile True:\n    print(i, flush=True)\n    i += 1\n    time.sleep(0.05)\n",
+        path.display()
+    );
+    ok(&["run", "-d", "--name", &n, "--", "python3", "-c", &script]);
+    let mut buf = [0u8; 16];
+    let got = host.recv(&mut buf).expect("datagram");
+    assert_eq!(&buf[..got], b"hello");
+    let report = check_blocks(&[&n]);
+    assert!(report.contains("unix-peer-other-netns"), "{report}");
+    let e = fails(&["dump", &n]);
+    assert!(e.contains("another network namespace"), "{e}");
+    let k = last_count(&n).expect("count");
+    wait_for("the workload to keep running", 10, || last_count(&n).is_some_and(|c| c > k + 2));
+    // The real CRIU fails on it, with or without --ext-unix-sk.
+    for extra in [None, Some("--ext-unix-sk")] {
+        let mut args = vec!["dump", "--no-preflight", "--leave-running"];
+        args.extend(extra);
+        args.push(&n);
+        fails(&args);
+        let log = std::fs::read_to_string(format!("/var/lib/cns/images/{n}.failed-dump.log")).unwrap_or_default();
+        assert!(log.contains("without peer"), "CRIU did not fail on the socket: {log}");
+    }
+    assert_eq!(state_of(&n), "running");
+}

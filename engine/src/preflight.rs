@@ -156,30 +156,41 @@ pub fn vanished_mountpoints(root: i32, exists: impl Fn(&str) -> bool) -> Vec<Fin
         .collect()
 }
 
-/// Unix sockets CRIU cannot dump, or dumps only with --ext-unix-sk.
+/// Unix sockets CRIU cannot dump, or dumps only with --ext-unix-sk. `all`
+/// is every unix socket of the tree's network namespace: CRIU collects
+/// only those, so a peer missing from it (in another netns, e.g. the
+/// host's) fails the dump whatever the flags ("Unix socket X without peer").
 pub fn unix_findings(all: &[UnixSocket], tree: &BTreeSet<u64>, needs: &mut DumpNeeds) {
     const ESTABLISHED: u8 = 1;
+    let netns: BTreeSet<u64> = all.iter().map(|s| s.ino).collect();
     for s in all.iter().filter(|s| tree.contains(&s.ino)) {
         let object = format!("unix socket {}", s.ino);
-        if s.is_stream() && s.state == ESTABLISHED {
-            if s.peer != 0 && !tree.contains(&s.peer) {
-                needs.findings.push(Finding::new(
-                    Severity::Blocker,
-                    "unix-stream-external",
-                    format!("{object} (peer {})", s.peer),
-                    "a stream unix connection has its other end outside the tree; CRIU can dump only half of it",
-                    "close the connection before the dump, or run its peer inside the workload",
-                ));
-            } else if s.peer == 0 && s.shutdown != 3 {
-                needs.findings.push(Finding::new(
-                    Severity::Blocker,
-                    "unix-stream-dangling",
-                    object,
-                    "a stream unix socket lost its peer but is not shut down both ways (CRIU: dangling connection)",
-                    "close the socket (or shutdown(SHUT_RDWR) it) before the dump",
-                ));
-            }
-        } else if !s.is_stream() && s.peer != 0 && !tree.contains(&s.peer) {
+        let outside = s.peer != 0 && !tree.contains(&s.peer);
+        if s.is_stream() && s.state == ESTABLISHED && outside {
+            needs.findings.push(Finding::new(
+                Severity::Blocker,
+                "unix-stream-external",
+                format!("{object} (peer {})", s.peer),
+                "a stream unix connection has its other end outside the tree; CRIU can dump only half of it",
+                "close the connection before the dump, or run its peer inside the workload",
+            ));
+        } else if s.is_stream() && s.state == ESTABLISHED && s.peer == 0 && s.shutdown != 3 {
+            needs.findings.push(Finding::new(
+                Severity::Blocker,
+                "unix-stream-dangling",
+                object,
+                "a stream unix socket lost its peer but is not shut down both ways (CRIU: dangling connection)",
+                "close the socket (or shutdown(SHUT_RDWR) it) before the dump",
+            ));
+        } else if outside && !netns.contains(&s.peer) {
+            needs.findings.push(Finding::new(
+                Severity::Blocker,
+                "unix-peer-other-netns",
+                format!("{object} (peer {})", s.peer),
+                "a unix socket is connected to a socket of another network namespace (the host's); CRIU cannot dump it",
+                "connect it after the restore instead, or keep both ends inside the workload",
+            ));
+        } else if outside {
             needs.ext_unix_sk = true;
             needs.findings.push(Finding::new(
                 Severity::Warning,
@@ -463,12 +474,15 @@ mod tests {
             UnixSocket { ino: 5, kind: st, state: 1, peer: 0, shutdown: 1 },
             UnixSocket { ino: 6, kind: dg, state: 7, peer: 98, shutdown: 0 },
             UnixSocket { ino: 7, kind: st, state: 1, peer: 97, shutdown: 0 },
+            UnixSocket { ino: 8, kind: dg, state: 7, peer: 96, shutdown: 0 },
+            // Peer 98 is in this netns, outside the tree; 96 is elsewhere.
+            UnixSocket { ino: 98, kind: dg, state: 7, peer: 0, shutdown: 0 },
         ];
-        let tree: BTreeSet<u64> = (1..=6).collect();
+        let tree: BTreeSet<u64> = (1..=6).chain([8]).collect();
         let mut n = DumpNeeds::default();
         unix_findings(&all, &tree, &mut n);
         let codes: Vec<&str> = n.findings.iter().map(|f| f.code).collect();
-        assert_eq!(codes, ["unix-stream-external", "unix-stream-dangling", "unix-dgram-external"]);
+        assert_eq!(codes, ["unix-stream-external", "unix-stream-dangling", "unix-dgram-external", "unix-peer-other-netns"]);
         assert!(n.ext_unix_sk);
     }
 
