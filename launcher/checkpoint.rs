@@ -458,16 +458,17 @@ pub fn restore(ctx: &Ctx, args: RestoreArgs) -> anyhow::Result<i32> {
         }
         recovery::begin(&locked.dir, &marker)?;
         let mut published = Some(crate::publish::bind(&plan.net)?);
-        let log_file = crate::run::create_log(&log, !in_place)?;
+        // The copy's log must exist: CRIU bind-mounts it as the workload's stdio.
+        drop(crate::run::create_log(&log, !in_place)?);
         record.net = plan.net.clone();
         record.log = log.clone();
-        let work = |ctx: &Ctx| restore_now(ctx, &criu.path, &plan, &log_file);
+        let work = || restore_now(&criu.path, &plan);
         let progress = Progress::new(ctx, format!("restoring {new_name}"));
         progress.stage(&format!("restoring {} MiB of memory", img.page_bytes().unwrap_or(0) >> 20));
         let mut shim = std::process::id() as i32;
         let pid = if args.detach {
             let mut w = || {
-                work(ctx).map(|(pid, _)| {
+                work().map(|(pid, _)| {
                     if let Some(p) = published.take() {
                         p.serve(&plan.net);
                     }
@@ -484,7 +485,7 @@ pub fn restore(ctx: &Ctx, args: RestoreArgs) -> anyhow::Result<i32> {
                 Report::Failed { message, hint, status } => return Err(crate::error::hinted_status(message, hint, status)),
             }
         } else {
-            let (pid, _) = work(ctx)?;
+            let (pid, _) = work()?;
             if let Some(p) = published.take() {
                 p.serve(&plan.net);
             }
@@ -580,9 +581,9 @@ fn ensure_file(p: &Path) -> anyhow::Result<()> {
 }
 
 /// Runs the CRIU restore; the restored root becomes a child of the caller.
-fn restore_now(_ctx: &Ctx, criu: &Path, p: &Plan, log_file: &fs::File) -> anyhow::Result<(i32, ())> {
+fn restore_now(criu: &Path, p: &Plan) -> anyhow::Result<(i32, ())> {
     if p.meta.workload.adopted {
-        return adopt::restore_host_tree(criu, p.images.as_path(), &p.flags, log_file).map(|pid| (pid, ()));
+        return adopt::restore_host_tree(criu, p.images.as_path(), &p.flags).map(|pid| (pid, ()));
     }
     let dir = open_dir(&p.images)?;
     let log_name = format!("restore-{}.log", p.new_name);
@@ -608,7 +609,6 @@ fn restore_now(_ctx: &Ctx, criu: &Path, p: &Plan, log_file: &fs::File) -> anyhow
     let net = p.net.clone();
     let move_address = net.addrs != p.meta.workload.net.addrs;
     let mut hook_err: Option<String> = None;
-    let _ = log_file;
     let swrk = Swrk::start(criu, &[], criu_stderr(&p.images, &format!("criu-stderr-{}.log", p.new_name)))?;
     let res = swrk.restore(&req, &mut |n: &Notify| {
         if n.script == "setup-namespaces" {
@@ -722,8 +722,7 @@ mod adopt {
     /// Restores an adopted tree: a fresh pid + mount namespace whose init
     /// (PID 1) runs CRIU; the restored root becomes init's child. Returns
     /// the host PID of the restored root.
-    pub fn restore_host_tree(criu: &Path, images: &Path, flags: &CriuFlags, log_file: &fs::File) -> anyhow::Result<i32> {
-        let _ = log_file;
+    pub fn restore_host_tree(criu: &Path, images: &Path, flags: &CriuFlags) -> anyhow::Result<i32> {
         let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
         let flags_ns = nix::sched::CloneFlags::CLONE_NEWPID | nix::sched::CloneFlags::CLONE_NEWNS;
         let raw = flags_ns.bits() as libc::c_long | libc::SIGCHLD as libc::c_long;
