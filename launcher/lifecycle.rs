@@ -213,6 +213,8 @@ pub fn rm(ctx: &Ctx, args: RmArgs) -> anyhow::Result<i32> {
                 let _ = std::fs::remove_dir_all(img);
             }
         }
+        // The CRIU log of its last failed dump, kept beside the images.
+        let _ = std::fs::remove_file(ctx.images_root().join(format!("{}.failed-dump.log", w.name)));
     }
     ctx.store.remove(l)?;
     Ok(0)

@@ -258,6 +258,9 @@ fn unaccepted_connections_are_seen_first_and_dumped_with_skip_in_flight() {
     // ...and cns, having seen it, dumps with --tcp-skip-in-flight.
     ok(&["dump", "--leave-running", &n]);
     assert_eq!(state_of(&n), "running");
+    // rm takes the failed dump's CRIU log with the rest.
+    ok(&["rm", "-f", &n]);
+    assert!(!Path::new(&format!("/var/lib/cns/images/{n}.failed-dump.log")).exists(), "rm left the failed-dump log");
 }
 
 #[test]

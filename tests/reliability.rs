@@ -55,6 +55,7 @@ fn nothing_left_of(n: &str) {
     assert!(!links_named("cns-").contains(&cns_netns::host_veth_name(n)), "{n}: veth left");
     assert!(!lease_held(n), "{n}: lease left");
     assert!(!Path::new(&format!("/run/cns/{n}")).exists(), "{n}: state dir left");
+    assert!(!Path::new(&format!("/var/lib/cns/images/{n}.failed-dump.log")).exists(), "{n}: failed-dump log left");
 }
 
 fn process_state(pid: i32) -> String {
