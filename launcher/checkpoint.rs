@@ -161,30 +161,7 @@ pub fn dump(ctx: &Ctx, args: DumpArgs) -> anyhow::Result<i32> {
         external: dump_externals(&w),
         notify: true,
     };
-    let progress = Progress::new(ctx, format!("dumping {}", w.name));
-    progress.stage(&format!("freezing the tree (pid {pid})"));
-    tracing::debug!("pre-flight done, starting criu");
-    let swrk = Swrk::start(&criu.path, &[], criu_stderr(&staging, "criu-stderr.log"))?;
-    let result = swrk.dump(&req, &mut |n: &Notify| {
-        tracing::debug!(step = %n.script, "dump step");
-        match n.script.as_str() {
-            "pre-dump" => progress.stage(&format!("frozen, dumping memory ({} MiB)", memory >> 20)),
-            "post-dump" => progress.stage("writing the images"),
-            _ => {}
-        }
-        NotifyAction::Continue
-    });
-    progress.done();
-    if let Err(e) = result {
-        let failed_log = parent.join(format!("{}.failed-dump.log", w.name));
-        let _ = fs::rename(staging.join(cns_engine::image::DUMP_LOG), &failed_log);
-        let _ = fs::remove_dir_all(&staging);
-        return Err(criu_failure("dump", e, &failed_log));
-    }
-    tracing::debug!("criu finished the dump");
-    let img = ImageDir::new(&staging);
-    let stats = img.dump_stats().ok();
-    let meta = Meta {
+    let mut meta = Meta {
         workload: w.clone(),
         cns_version: env!("CARGO_PKG_VERSION").into(),
         criu_version: criu.version.to_string(),
@@ -194,14 +171,62 @@ pub fn dump(ctx: &Ctx, args: DumpArgs) -> anyhow::Result<i32> {
         file_locks: flags.file_locks,
         ext_unix_sk: flags.ext_unix_sk,
         shell_job: flags.shell_job,
-        stats: stats.clone(),
+        stats: None,
         last_restore: None,
     };
-    store::write_atomic(&staging.join(cns_engine::image::META_FILE), &serde_json::to_vec_pretty(&meta)?, 0o600)?;
-    if images.exists() {
-        fs::remove_dir_all(&images).with_context(|| format!("cannot replace the old checkpoint {}", images.display()))?;
+    let old = parent.join(format!(".{}.old-{}", images.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(), std::process::id()));
+    let mut marker = recovery::Marker::new(false);
+    marker.dump = Some(recovery::DumpMark { images: images.clone(), old: None, committed: false });
+    recovery::begin(&l.dir, &marker)?;
+    let progress = Progress::new(ctx, format!("dumping {}", w.name));
+    progress.stage(&format!("freezing the tree (pid {pid})"));
+    tracing::debug!("pre-flight done, starting criu");
+    let mut committed = false;
+    let swrk = Swrk::start(&criu.path, &[], criu_stderr(&staging, "criu-stderr.log"))?;
+    let result = swrk.dump(&req, &mut |n: &Notify| {
+        tracing::debug!(step = %n.script, "dump step");
+        match n.script.as_str() {
+            "pre-dump" => progress.stage(&format!("frozen, dumping memory ({} MiB)", memory >> 20)),
+            "post-dump" => {
+                // The images are complete and the tree not yet killed: commit
+                // the checkpoint now, so a cns killed from here on loses nothing.
+                progress.stage("writing the images");
+                match commit_checkpoint(&meta, &staging, &images, &old, &l.dir) {
+                    Ok(()) => committed = true,
+                    Err(e) => return NotifyAction::Abort(format!("cannot commit the checkpoint: {e:#}")),
+                }
+            }
+            _ => {}
+        }
+        NotifyAction::Continue
+    });
+    progress.done();
+    if let Err(e) = result {
+        let failed_log = parent.join(format!("{}.failed-dump.log", w.name));
+        if committed {
+            // CRIU failed after the images were complete; it resumed the tree.
+            // Put the previous checkpoint back.
+            let _ = fs::rename(images.join(cns_engine::image::DUMP_LOG), &failed_log);
+            let _ = fs::remove_dir_all(&images);
+            if old.exists() {
+                let _ = fs::rename(&old, &images);
+            }
+        } else {
+            let _ = fs::rename(staging.join(cns_engine::image::DUMP_LOG), &failed_log);
+        }
+        let _ = fs::remove_dir_all(&staging);
+        recovery::end(&l.dir);
+        return Err(criu_failure("dump", e, &failed_log));
     }
-    fs::rename(&staging, &images).with_context(|| format!("cannot move the checkpoint to {}", images.display()))?;
+    if !committed {
+        // A CRIU without the post-dump notification: commit now.
+        commit_checkpoint(&meta, &staging, &images, &old, &l.dir)?;
+    }
+    tracing::debug!("criu finished the dump");
+    let _ = fs::remove_dir_all(&old);
+    let stats = ImageDir::new(&images).dump_stats().ok();
+    meta.stats = stats.clone();
+    store::write_atomic(&images.join(cns_engine::image::META_FILE), &serde_json::to_vec_pretty(&meta)?, 0o600)?;
     w.images = Some(images.clone());
     if !args.leave_running {
         w.state = State::Dumped;
@@ -212,6 +237,7 @@ pub fn dump(ctx: &Ctx, args: DumpArgs) -> anyhow::Result<i32> {
         // ~30 ms of RTNL. A restore deletes a lingering one first.
     }
     l.save(&w)?;
+    recovery::end(&l.dir);
     drop(l);
     tracing::debug!("checkpoint in place, record saved");
     if !args.leave_running {
@@ -224,6 +250,35 @@ pub fn dump(ctx: &Ctx, args: DumpArgs) -> anyhow::Result<i32> {
     }
     print_dump_stats(ctx, &w.name, &images, stats.as_ref(), args.json);
     Ok(0)
+}
+
+/// Moves a complete dump from `staging` to `images`, setting the previous
+/// checkpoint aside at `old` (removed when the dump ends, put back if it
+/// fails), and marks the dump committed for the recovery sweep.
+fn commit_checkpoint(meta: &Meta, staging: &Path, images: &Path, old: &Path, state_dir: &Path) -> anyhow::Result<()> {
+    store::write_atomic(&staging.join(cns_engine::image::META_FILE), &serde_json::to_vec_pretty(meta)?, 0o600)?;
+    let _ = fs::remove_dir_all(old);
+    let had_old = images.exists();
+    if had_old {
+        fs::rename(images, old).with_context(|| format!("cannot set the old checkpoint {} aside", images.display()))?;
+        recovery::update(state_dir, |m| {
+            if let Some(d) = m.dump.as_mut() {
+                d.old = Some(old.to_path_buf());
+            }
+        });
+    }
+    if let Err(e) = fs::rename(staging, images) {
+        if had_old {
+            let _ = fs::rename(old, images);
+        }
+        return Err(anyhow::Error::new(e).context(format!("cannot move the checkpoint to {}", images.display())));
+    }
+    recovery::update(state_dir, |m| {
+        if let Some(d) = m.dump.as_mut() {
+            d.committed = true;
+        }
+    });
+    Ok(())
 }
 
 /// Stages of a long dump or restore on a terminal: one line, rewritten in
@@ -376,7 +431,9 @@ pub fn restore(ctx: &Ctx, args: RestoreArgs) -> anyhow::Result<i32> {
         let w = locked.load()?;
         match w.live_state() {
             State::Running => bail_hint!(format!("dump or stop it first, or restore a copy with --as NEW"), "workload {new_name} is running"),
-            State::Exited | State::Created if !w.adopted || w.name != meta.workload.name => {
+            // A workload that exited (or crashed) rolls back to its own
+            // checkpoint in place; another name is not overwritten.
+            State::Exited | State::Created if w.name != meta.workload.name => {
                 bail_hint!(format!("remove it with `cns rm {new_name}` or restore under another name with --as"), "a workload named {new_name} already exists ({})", w.live_state())
             }
             _ => w,

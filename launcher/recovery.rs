@@ -39,6 +39,21 @@ pub struct Marker {
     pub host_if: Option<String>,
     /// A log the command created for a new record.
     pub log: Option<PathBuf>,
+    /// A dump in progress: where its checkpoint goes.
+    #[serde(default)]
+    pub dump: Option<DumpMark>,
+}
+
+/// How far a dump got. CRIU's post-dump notification comes once the images
+/// are complete and before it kills the tree; cns commits the checkpoint
+/// there (`committed`), so a dump killed afterwards loses nothing: the tree
+/// either runs on (CRIU died first) or is in the committed checkpoint.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct DumpMark {
+    pub images: PathBuf,
+    /// The checkpoint this dump replaces, set aside until the dump ends.
+    pub old: Option<PathBuf>,
+    pub committed: bool,
 }
 
 impl Marker {
@@ -51,6 +66,14 @@ impl Marker {
 /// Writes the marker into a workload's state dir.
 pub fn begin(dir: &Path, m: &Marker) -> anyhow::Result<()> {
     crate::store::write_atomic(&dir.join(MARKER), &serde_json::to_vec(m)?, 0o600)
+}
+
+/// Updates the marker in place (best effort).
+pub fn update(dir: &Path, f: impl FnOnce(&mut Marker)) {
+    if let Some(mut m) = read(dir) {
+        f(&mut m);
+        let _ = begin(dir, &m);
+    }
 }
 
 /// Records the new root's PID in the marker (best effort).
@@ -110,6 +133,9 @@ pub fn sweep(ctx: &Ctx) {
         if let Some(m) = &marker {
             tracing::info!(workload = %name, owner = m.owner, "cleaning up after a cns command that died half-way");
             undo(ctx, &name, m);
+            if let Some(d) = &m.dump {
+                finish_dead_dump(&dir, d);
+            }
         }
         if !has_record || marker.as_ref().is_some_and(|m| m.new_record) {
             let _ = fs::remove_dir_all(&dir);
@@ -118,6 +144,32 @@ pub fn sweep(ctx: &Ctx) {
         }
     }
     sweep_staging(ctx);
+}
+
+/// A dump whose command died: keep what it committed, put back what it
+/// set aside, and make the record say where the workload is.
+fn finish_dead_dump(dir: &Path, d: &DumpMark) {
+    if d.committed {
+        if let Some(old) = &d.old {
+            let _ = fs::remove_dir_all(old);
+        }
+        let rec = dir.join("workload.json");
+        let Some(mut w) = fs::read(&rec).ok().and_then(|b| serde_json::from_slice::<crate::store::Workload>(&b).ok()) else { return };
+        w.images = Some(d.images.clone());
+        if w.live_state() != crate::store::State::Running {
+            // CRIU killed the tree after the checkpoint was complete.
+            w.state = crate::store::State::Dumped;
+            w.pid = None;
+            w.pid_start = None;
+        }
+        if let Ok(b) = serde_json::to_vec_pretty(&w) {
+            let _ = crate::store::write_atomic(&rec, &b, 0o600);
+        }
+    } else if let Some(old) = d.old.as_ref().filter(|o| o.exists()) {
+        if !d.images.exists() {
+            let _ = fs::rename(old, &d.images);
+        }
+    }
 }
 
 fn undo(ctx: &Ctx, name: &str, m: &Marker) {
