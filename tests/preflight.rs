@@ -168,6 +168,27 @@ fn image_larger_than_the_memory_cgroup_allows_is_refused_first() {
     ok(&["check", "--image", &n]);
 }
 
+/// A python workload that runs `prelude`, then prints a counter.
+fn counting_python(prelude: &str) -> String {
+    format!("import socket, time\n{prelude}\ni = 0\nwhile True:\n    print(i, flush=True)\n    i += 1\n    time.sleep(0.05)\n")
+}
+
+/// `--no-preflight` dumps, with and without --ext-unix-sk, fail in CRIU with
+/// one of `expect` in its log; the workload runs on, counting.
+fn criu_refuses_with_and_without_ext_unix_sk(n: &str, expect: &[&str]) {
+    for extra in [None, Some("--ext-unix-sk")] {
+        let mut args = vec!["dump", "--no-preflight", "--leave-running"];
+        args.extend(extra);
+        args.push(n);
+        fails(&args);
+        let log = std::fs::read_to_string(format!("/var/lib/cns/images/{n}.failed-dump.log")).unwrap_or_default();
+        assert!(expect.iter().any(|e| log.contains(e)), "CRIU did not fail on the socket ({extra:?}): {log}");
+    }
+    assert_eq!(state_of(n), "running");
+    let k = last_count(n).expect("count");
+    wait_for("the workload to keep running", 10, || last_count(n).is_some_and(|c| c > k + 2));
+}
+
 #[test]
 fn stream_unix_connection_to_the_host_blocks_the_dump_before_freezing() {
     let n = name("unix");
@@ -175,10 +196,7 @@ fn stream_unix_connection_to_the_host_blocks_the_dump_before_freezing() {
     let dir = Scratch::new("unix");
     let path = dir.0.join("host.sock");
     let listener = std::os::unix::net::UnixListener::bind(&path).expect("bind");
-    let script = format!(
-        "import socket, time\ns = socket.socket(socket.AF_UNIX)\ns.connect('{}')\ni = 0\nwhile True:\n    print(i, flush=True)\n    i += 1\n    time.sleep(0.05)\n",
-        path.display()
-    );
+    let script = counting_python(&format!("s = socket.socket(socket.AF_UNIX)\ns.connect('{}')", path.display()));
     ok(&["run", "-d", "--name", &n, "--", "python3", "-c", &script]);
     let (_peer, _) = listener.accept().expect("accept");
     wait_for("the workload", 10, || last_count(&n).is_some());
@@ -190,16 +208,7 @@ fn stream_unix_connection_to_the_host_blocks_the_dump_before_freezing() {
     wait_for("the workload to keep running", 10, || last_count(&n).is_some_and(|c| c > k + 2));
     assert_eq!(state_of(&n), "running");
     // The real CRIU refuses it too, with or without --ext-unix-sk.
-    for extra in [None, Some("--ext-unix-sk")] {
-        let mut args = vec!["dump", "--no-preflight", "--leave-running"];
-        args.extend(extra);
-        args.push(&n);
-        fails(&args);
-        let log = std::fs::read_to_string(format!("/var/lib/cns/images/{n}.failed-dump.log")).unwrap_or_default();
-        assert!(log.contains("External socket is used") || log.contains("half of stream unix"), "CRIU did not fail on the socket: {log}");
-    }
-    let k = last_count(&n).expect("count");
-    wait_for("the workload to keep running", 10, || last_count(&n).is_some_and(|c| c > k + 2));
+    criu_refuses_with_and_without_ext_unix_sk(&n, &["External socket is used", "half of stream unix"]);
 }
 
 /// A host process on a terminal of its own: `python3 pty.fork()` keeps the
@@ -270,10 +279,7 @@ fn a_socket_connected_to_the_host_netns_blocks_the_dump_before_freezing() {
     let dir = Scratch::new("dgram");
     let path = dir.0.join("host.dgram");
     let host = std::os::unix::net::UnixDatagram::bind(&path).expect("bind");
-    let script = format!(
-        "import socket, time\ns = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)\ns.connect('{}')\ns.send(b'hello')\ni = 0\nwhile True:\n    print(i, flush=True)\n    i += 1\n    time.sleep(0.05)\n",
-        path.display()
-    );
+    let script = counting_python(&format!("s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)\ns.connect('{}')\ns.send(b'hello')", path.display()));
     ok(&["run", "-d", "--name", &n, "--", "python3", "-c", &script]);
     let mut buf = [0u8; 16];
     let got = host.recv(&mut buf).expect("datagram");
@@ -282,16 +288,6 @@ fn a_socket_connected_to_the_host_netns_blocks_the_dump_before_freezing() {
     assert!(report.contains("unix-peer-other-netns"), "{report}");
     let e = fails(&["dump", &n]);
     assert!(e.contains("another network namespace"), "{e}");
-    let k = last_count(&n).expect("count");
-    wait_for("the workload to keep running", 10, || last_count(&n).is_some_and(|c| c > k + 2));
     // The real CRIU fails on it, with or without --ext-unix-sk.
-    for extra in [None, Some("--ext-unix-sk")] {
-        let mut args = vec!["dump", "--no-preflight", "--leave-running"];
-        args.extend(extra);
-        args.push(&n);
-        fails(&args);
-        let log = std::fs::read_to_string(format!("/var/lib/cns/images/{n}.failed-dump.log")).unwrap_or_default();
-        assert!(log.contains("without peer"), "CRIU did not fail on the socket: {log}");
-    }
-    assert_eq!(state_of(&n), "running");
+    criu_refuses_with_and_without_ext_unix_sk(&n, &["without peer"]);
 }
