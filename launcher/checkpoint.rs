@@ -183,6 +183,7 @@ pub fn dump(ctx: &Ctx, args: DumpArgs) -> anyhow::Result<i32> {
     tracing::debug!("pre-flight done, starting criu");
     let mut committed = false;
     let swrk = Swrk::start(&criu.path, &[], criu_stderr(&staging, "criu-stderr.log"))?;
+    recovery::set_criu(&l.dir, swrk.pid() as i32);
     let result = swrk.dump(&req, &mut |n: &Notify| {
         tracing::debug!(step = %n.script, "dump step");
         match n.script.as_str() {
@@ -667,6 +668,7 @@ fn restore_now(criu: &Path, p: &Plan) -> anyhow::Result<(i32, ())> {
     let move_address = net.addrs != p.meta.workload.net.addrs;
     let mut hook_err: Option<String> = None;
     let swrk = Swrk::start(criu, &[], criu_stderr(&p.images, &format!("criu-stderr-{}.log", p.new_name)))?;
+    recovery::set_criu(&p.state_dir, swrk.pid() as i32);
     let res = swrk.restore(&req, &mut |n: &Notify| {
         if n.script == "setup-namespaces" {
             if let Some(pid) = n.pid {

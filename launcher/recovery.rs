@@ -11,9 +11,13 @@
 //! removed, and a record it was creating deleted. Dump staging directories
 //! (`.NAME.dump-PID`) of dead dumps are removed the same way.
 //!
-//! The helpers of such a command die with it: the monitor and `criu swrk`
-//! run with PR_SET_PDEATHSIG, so a killed dump never leaves CRIU working on
-//! a frozen tree (CRIU's ptrace stop ends with CRIU, and the tree runs on).
+//! `criu swrk` is not killed with its command: killing CRIU while its
+//! parasite code runs inside the tree can wedge the tree. It fails its next
+//! notification instead (the socket is gone) and rolls back itself: a dump
+//! resumes the tree (CRIU's post-dump notification always comes before it
+//! kills the tree), a restore kills what it made. The marker names CRIU's
+//! PID, and the sweep waits for it to be gone before cleaning up. The
+//! detached monitor dies with its command until it has reported.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -42,6 +46,19 @@ pub struct Marker {
     /// A dump in progress: where its checkpoint goes.
     #[serde(default)]
     pub dump: Option<DumpMark>,
+    /// The command's `criu swrk`: it outlives a killed command until its
+    /// next notification fails, and nothing is cleaned up before it is gone.
+    #[serde(default)]
+    pub criu: Option<i32>,
+    #[serde(default)]
+    pub criu_start: Option<u64>,
+}
+
+impl Marker {
+    /// Whether the command, or the CRIU it started, still works.
+    fn busy(&self) -> bool {
+        process_matches(self.owner, self.owner_start) || self.criu.is_some_and(|p| process_matches(p, self.criu_start))
+    }
 }
 
 /// How far a dump got. CRIU's post-dump notification comes once the images
@@ -74,6 +91,14 @@ pub fn update(dir: &Path, f: impl FnOnce(&mut Marker)) {
         f(&mut m);
         let _ = begin(dir, &m);
     }
+}
+
+/// Records the command's CRIU in the marker (best effort).
+pub fn set_criu(dir: &Path, pid: i32) {
+    update(dir, |m| {
+        m.criu = Some(pid);
+        m.criu_start = crate::store::process_start(pid);
+    });
 }
 
 /// Records the new root's PID in the marker (best effort).
@@ -111,10 +136,8 @@ pub fn sweep(ctx: &Ctx) {
             // writes its marker just after the mkdir).
             continue;
         }
-        if let Some(m) = &marker {
-            if process_matches(m.owner, m.owner_start) {
-                continue;
-            }
+        if marker.as_ref().is_some_and(Marker::busy) {
+            continue;
         }
         // A dead owner's lock can only be held by another sweep (or a
         // command that came after): wait for it, so that this command sees
@@ -127,7 +150,7 @@ pub fn sweep(ctx: &Ctx) {
         match &marker {
             None if has_record => continue,
             None if !older_than(&dir, 60) => continue,
-            Some(m) if process_matches(m.owner, m.owner_start) => continue,
+            Some(m) if m.busy() => continue,
             _ => {}
         }
         if let Some(m) = &marker {
@@ -214,6 +237,10 @@ fn sweep_staging(ctx: &Ctx) {
             continue;
         }
         let name = n.trim_start_matches('.').rsplit_once(".dump-").map(|(w, _)| w.to_string()).unwrap_or_default();
+        if !name.is_empty() && read(&ctx.store.paths.workload_dir(&name)).is_some() {
+            // Its dump's CRIU still works (the sweep above left the marker).
+            continue;
+        }
         if let Some(root) = ctx.store.get(&name).ok().and_then(|w| w.live_pid()) {
             unlock_network(&name, root);
         }

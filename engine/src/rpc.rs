@@ -149,21 +149,18 @@ impl Swrk {
             Some(f) => cmd.stderr(f),
             None => cmd.stderr(Stdio::null()),
         };
-        // CRIU dies with its caller: a killed `cns dump` must not leave CRIU
-        // finishing (and then killing) the tree with nobody to keep the
-        // images. Checked against a parent that died before the prctl.
-        let parent = nix::unistd::getpid().as_raw();
-        // SAFETY: the closure only calls prctl(2), getppid(2) and fcntl(2),
-        // which are async-signal-safe, on fds that stay open in the parent
-        // until the child has exec'd.
+        // CRIU outlives a caller that dies (it is not killed with it): a CRIU
+        // killed while its parasite code runs inside the tree can leave the
+        // tree wedged. With notifications on, a CRIU whose caller is gone
+        // fails its next notification (EPIPE; CRIU ignores SIGPIPE) and
+        // rolls back cleanly: a dump resumes the tree instead of killing it
+        // (post-dump always comes before the kill), a restore kills what it
+        // made. launcher/recovery.rs waits for it before cleaning up.
+        // SAFETY: the closure only calls fcntl(2), which is
+        // async-signal-safe, on fds that stay open in the parent until the
+        // child has exec'd.
         unsafe {
             cmd.pre_exec(move || {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                if libc::getppid() != parent {
-                    return Err(io::Error::other("the parent exited"));
-                }
                 for &fd in &keep {
                     if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
                         return Err(io::Error::last_os_error());
