@@ -103,11 +103,10 @@ pub fn set_criu(dir: &Path, pid: i32) {
 
 /// Records the new root's PID in the marker (best effort).
 pub fn set_root(dir: &Path, pid: i32) {
-    if let Some(mut m) = read(dir) {
+    update(dir, |m| {
         m.root = Some(pid);
         m.root_start = crate::store::process_start(pid);
-        let _ = begin(dir, &m);
-    }
+    });
 }
 
 /// The command finished (either way, with its own rollback done).

@@ -4,11 +4,11 @@
 //! CRIU refuses at dump time ("Can't dump half of stream unix connection",
 //! "External socket is used", "Dangling connection").
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
+
+use cns_netns::raw::{self, u32_at};
 
 const SOCK_DIAG_BY_FAMILY: u16 = 20;
-const NLMSG_ERROR: u16 = 2;
-const NLMSG_DONE: u16 = 3;
 const UDIAG_SHOW_PEER: u32 = 0x4;
 const UNIX_DIAG_PEER: u16 = 2;
 const UNIX_DIAG_SHUTDOWN: u16 = 6;
@@ -47,21 +47,19 @@ pub struct Diag(OwnedFd);
 impl Diag {
     /// Opens it in the network namespace of `pid` (the caller's for `None`).
     pub fn open(pid: Option<i32>) -> std::io::Result<Diag> {
-        open_in(pid).map(Diag)
+        raw::socket(libc::NETLINK_SOCK_DIAG, pid).map(Diag)
     }
 
     /// Every unix socket of the namespace, with peers.
     pub fn unix(&self) -> std::io::Result<Vec<UnixSocket>> {
-        request(&self.0, &request_bytes())?;
-        read_all(&self.0, parse_msg)
+        dump(&self.0, &request_bytes(), parse_msg)
     }
 
     /// Every TCP socket (IPv4 and IPv6) of the namespace.
     pub fn tcp(&self) -> std::io::Result<Vec<TcpSocket>> {
         let mut out = Vec::new();
         for family in [libc::AF_INET, libc::AF_INET6] {
-            request(&self.0, &inet_request_bytes(family as u8))?;
-            out.extend(read_all(&self.0, parse_inet_msg)?);
+            out.extend(dump(&self.0, &inet_request_bytes(family as u8), parse_inet_msg)?);
         }
         Ok(out)
     }
@@ -107,33 +105,6 @@ fn parse_inet_msg(m: &[u8]) -> Option<TcpSocket> {
     Some(TcpSocket { state: *m.get(1)?, rqueue: u32_at(m, 56)?, inode: u64::from(u32_at(m, 68)?) })
 }
 
-fn open_in(pid: Option<i32>) -> std::io::Result<OwnedFd> {
-    Ok(match pid {
-        None => open_diag()?,
-        Some(pid) => {
-            // A netlink socket belongs to the netns it was created in: make
-            // it on a thread that joined the target's netns.
-            let ns = std::fs::File::open(format!("/proc/{pid}/ns/net"))?;
-            std::thread::spawn(move || -> std::io::Result<OwnedFd> {
-                nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)?;
-                open_diag()
-            })
-            .join()
-            .map_err(|_| std::io::Error::other("sock_diag thread panicked"))??
-        }
-    })
-}
-
-fn open_diag() -> std::io::Result<OwnedFd> {
-    // SAFETY: plain socket(2); the fd is owned right after.
-    let fd = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::NETLINK_SOCK_DIAG) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: fd is a fresh, valid descriptor nobody else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
 /// The request: nlmsghdr + unix_diag_req, all states, show peers.
 fn request_bytes() -> Vec<u8> {
     let mut b = Vec::with_capacity(40);
@@ -152,88 +123,28 @@ fn request_bytes() -> Vec<u8> {
     b
 }
 
-fn request(sock: &OwnedFd, b: &[u8]) -> std::io::Result<()> {
-    // SAFETY: sending our own buffer on our own socket; the kernel is the
-    // default destination of an unbound netlink socket.
-    let n = unsafe { libc::send(sock.as_raw_fd(), b.as_ptr().cast(), b.len(), 0) };
-    if n < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-fn read_all<T>(sock: &OwnedFd, one: fn(&[u8]) -> Option<T>) -> std::io::Result<Vec<T>> {
+/// Sends one dump request and parses every reply message with `one`.
+fn dump<T>(sock: &OwnedFd, request: &[u8], one: fn(&[u8]) -> Option<T>) -> std::io::Result<Vec<T>> {
+    raw::send(sock, request)?;
     let mut out = Vec::new();
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        // SAFETY: receiving into a buffer we own, bounded by its length.
-        let n = unsafe { libc::recv(sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-        if n < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.kind() == std::io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(e);
+    raw::receive(sock, None, |ty, body| {
+        if ty == SOCK_DIAG_BY_FAMILY {
+            out.push(one(body).ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidData, "malformed sock_diag reply"))?);
         }
-        let n = usize::try_from(n).unwrap_or(0);
-        if n == 0 {
-            return Ok(out);
-        }
-        if parse(&buf[..n], &mut out, one)? {
-            return Ok(out);
-        }
-    }
-}
-
-fn u16_at(b: &[u8], i: usize) -> Option<u16> {
-    Some(u16::from_ne_bytes(b.get(i..i + 2)?.try_into().ok()?))
-}
-
-fn u32_at(b: &[u8], i: usize) -> Option<u32> {
-    Some(u32::from_ne_bytes(b.get(i..i + 4)?.try_into().ok()?))
-}
-
-/// Parses one datagram of replies; true when the dump is done.
-fn parse<T>(mut b: &[u8], out: &mut Vec<T>, one: fn(&[u8]) -> Option<T>) -> std::io::Result<bool> {
-    let bad = || std::io::Error::new(std::io::ErrorKind::InvalidData, "malformed sock_diag reply");
-    while b.len() >= 16 {
-        let len = u32_at(b, 0).ok_or_else(bad)? as usize;
-        let ty = u16_at(b, 4).ok_or_else(bad)?;
-        if len < 16 || len > b.len() {
-            return Err(bad());
-        }
-        let msg = &b[16..len];
-        match ty {
-            NLMSG_DONE => return Ok(true),
-            NLMSG_ERROR => {
-                let errno = u32_at(msg, 0).map(|e| -(e as i32)).unwrap_or(libc::EIO);
-                return Err(std::io::Error::from_raw_os_error(errno));
-            }
-            SOCK_DIAG_BY_FAMILY => out.push(one(msg).ok_or_else(bad)?),
-            _ => {}
-        }
-        let step = (len + 3) & !3;
-        b = b.get(step..).unwrap_or(&[]);
-    }
-    Ok(false)
+        Ok(())
+    })?;
+    Ok(out)
 }
 
 /// unix_diag_msg (16 bytes) then attributes.
 fn parse_msg(m: &[u8]) -> Option<UnixSocket> {
     let mut s = UnixSocket { ino: u64::from(u32_at(m, 4)?), kind: *m.get(1)?, state: *m.get(2)?, peer: 0, shutdown: 0 };
-    let mut a = m.get(16..)?;
-    while a.len() >= 4 {
-        let len = usize::from(u16_at(a, 0)?);
-        let ty = u16_at(a, 2)? & 0x3fff;
-        if len < 4 || len > a.len() {
-            break;
-        }
+    for (ty, v) in raw::attributes(m, 16) {
         match ty {
-            UNIX_DIAG_PEER => s.peer = u64::from(u32_at(a, 4)?),
-            UNIX_DIAG_SHUTDOWN => s.shutdown = *a.get(4)?,
+            UNIX_DIAG_PEER => s.peer = u64::from(u32_at(v, 0)?),
+            UNIX_DIAG_SHUTDOWN => s.shutdown = *v.first()?,
             _ => {}
         }
-        a = a.get((len + 3) & !3..).unwrap_or(&[]);
     }
     Some(s)
 }

@@ -8,6 +8,7 @@
 pub mod lease;
 mod netlink;
 pub mod nft;
+pub mod raw;
 
 pub use lease::{Lease, LeaseError, LeaseStore, Pool};
 pub use netlink::{NetError, Netlink};

@@ -60,15 +60,7 @@ impl Netlink {
     /// the caller's own namespace never changes; the socket stays bound to
     /// the namespace it was created in.
     pub fn for_pid(pid: i32) -> Result<Netlink, NetError> {
-        let path = format!("/proc/{pid}/ns/net");
-        let f = std::fs::File::open(&path).map_err(|source| NetError::EnterNs { pid, source })?;
-        std::thread::spawn(move || {
-            nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET)
-                .map_err(|e| NetError::EnterNs { pid, source: e.into() })?;
-            Netlink::new()
-        })
-        .join()
-        .map_err(|_| NetError::EnterNs { pid, source: std::io::Error::other("helper thread panicked") })?
+        crate::raw::in_netns_of(pid, Netlink::new).map_err(|source| NetError::EnterNs { pid, source })?
     }
 
     fn request(&self, op: &'static str, msg: RouteNetlinkMessage, flags: u16) -> Result<Vec<RouteNetlinkMessage>, NetError> {
