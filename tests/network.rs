@@ -108,18 +108,14 @@ fn rm_removes_veth_and_lease() {
     assert!(std::path::Path::new(&format!("/sys/class/net/{host_if}")).exists());
     ok(&["rm", "-f", &n]);
     wait_for("the veth to go", 10, || !std::path::Path::new(&format!("/sys/class/net/{host_if}")).exists());
-    let leases: Vec<String> = std::fs::read_dir("/run/cns/.leases").map(|rd| rd.flatten().filter_map(|e| std::fs::read_to_string(e.path()).ok()).collect()).unwrap_or_default();
-    assert!(!leases.iter().any(|l| l.contains(&format!("\"{n}\""))), "lease of {ip} left");
+    assert!(!lease_held(&n), "lease of {ip} left");
 }
 
 #[test]
 fn twenty_concurrent_runs_get_distinct_addresses() {
     let names: Vec<String> = (0..20).map(|i| name(&format!("par{i}"))).collect();
     let _c = Cleanup(names.clone());
-    let hs: Vec<_> = names.iter().cloned().map(|n| std::thread::spawn(move || ok(&["run", "-d", "--name", &n, "--", "sleep", "1000"]))).collect();
-    for h in hs {
-        h.join().expect("join");
-    }
+    run_sleepers_in_parallel(&names);
     let mut ips: Vec<String> = names.iter().map(|n| ip_of(n)).collect();
     ips.sort();
     ips.dedup();
@@ -173,22 +169,14 @@ fn published_port_answers_before_and_after_dump_and_restore() {
 fn twenty_runs_release_all_their_leases_at_rm() {
     let names: Vec<String> = (0..20).map(|i| name(&format!("lease{i}"))).collect();
     let _c = Cleanup(names.clone());
-    let hs: Vec<_> = names.iter().cloned().map(|n| std::thread::spawn(move || ok(&["run", "-d", "--name", &n, "--", "sleep", "1000"]))).collect();
-    for h in hs {
-        h.join().expect("join");
-    }
-    let held = |n: &str| {
-        std::fs::read_dir("/run/cns/.leases")
-            .map(|rd| rd.flatten().filter_map(|e| std::fs::read_to_string(e.path()).ok()).any(|l| l.contains(&format!("\"{n}\""))))
-            .unwrap_or(false)
-    };
-    assert!(names.iter().all(|n| held(n)), "a running workload has no lease");
+    run_sleepers_in_parallel(&names);
+    assert!(names.iter().all(|n| lease_held(n)), "a running workload has no lease");
     let veths: Vec<String> = names.iter().map(|n| ps_entry(n).and_then(|e| e["host_if"].as_str().map(String::from)).expect("host_if")).collect();
     let hs: Vec<_> = names.iter().cloned().map(|n| std::thread::spawn(move || ok(&["rm", "-f", &n]))).collect();
     for h in hs {
         h.join().expect("join");
     }
-    let left: Vec<&String> = names.iter().filter(|n| held(n)).collect();
+    let left: Vec<&String> = names.iter().filter(|n| lease_held(n)).collect();
     assert!(left.is_empty(), "leases left after rm: {left:?}");
     let links = links_named("cns-");
     assert!(veths.iter().all(|v| !links.contains(v)), "veths left after rm");

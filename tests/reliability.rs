@@ -44,12 +44,6 @@ fn footprint(names: &[&str]) -> Vec<String> {
     v
 }
 
-fn lease_held(n: &str) -> bool {
-    std::fs::read_dir("/run/cns/.leases")
-        .map(|rd| rd.flatten().filter_map(|e| std::fs::read_to_string(e.path()).ok()).any(|l| l.contains(&format!("\"{n}\""))))
-        .unwrap_or(false)
-}
-
 fn nothing_left_of(n: &str) {
     assert!(ps_entry(n).is_none(), "{n}: record left");
     assert!(!links_named("cns-").contains(&cns_netns::host_veth_name(n)), "{n}: veth left");

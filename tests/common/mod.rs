@@ -150,3 +150,18 @@ pub fn raw_criu_dump(pid: i32) -> (bool, String) {
         .expect("criu");
     (st.success(), std::fs::read_to_string(dir.path().join("dump.log")).unwrap_or_default())
 }
+
+/// Whether an address lease is held by workload `n` (lease files name their owner).
+pub fn lease_held(n: &str) -> bool {
+    std::fs::read_dir("/run/cns/.leases")
+        .map(|rd| rd.flatten().filter_map(|e| std::fs::read_to_string(e.path()).ok()).any(|l| l.contains(&format!("\"{n}\""))))
+        .unwrap_or(false)
+}
+
+/// Starts `sleep 1000` workloads under `names`, all at once.
+pub fn run_sleepers_in_parallel(names: &[String]) {
+    let hs: Vec<_> = names.iter().cloned().map(|n| std::thread::spawn(move || ok(&["run", "-d", "--name", &n, "--", "sleep", "1000"]))).collect();
+    for h in hs {
+        h.join().expect("a parallel run failed");
+    }
+}
