@@ -502,12 +502,14 @@ pub fn restore(ctx: &Ctx, args: RestoreArgs) -> anyhow::Result<i32> {
             println!("{}", restore_cmdline(&criu.path, &plan, args.pidfile.as_deref()));
             return Ok((0, 0, None));
         }
+        if let Some(m) = &meta.workload.stdio_mount {
+            // The log's mountpoint must exist in the restored root (the
+            // host's /) for pre-flight and for CRIU.
+            drop(store::create_private_file(m, false)?);
+        }
         if !args.no_preflight {
             let links = cns_netns::Netlink::new().and_then(|n| n.link_names()).unwrap_or_default();
             let host_if = if in_place { None } else { plan.net.host_if.as_deref() };
-            if let Some(m) = &meta.workload.stdio_mount {
-                ensure_file(m)?;
-            }
             for f in preflight::check_image(&img, args.memory_limit.map(|m| m << 20), host_if, &links) {
                 if f.severity == Severity::Blocker {
                     bail_hint!(f.fix.clone(), "cannot restore {}: {} ({})", args.name, f.message, f.object);
@@ -517,7 +519,7 @@ pub fn restore(ctx: &Ctx, args: RestoreArgs) -> anyhow::Result<i32> {
         recovery::begin(&locked.dir, &marker)?;
         let mut published = Some(crate::publish::bind(&plan.net)?);
         // The copy's log must exist: CRIU bind-mounts it as the workload's stdio.
-        drop(crate::run::create_log(&log, !in_place)?);
+        drop(store::create_private_file(&log, !in_place)?);
         record.net = plan.net.clone();
         record.log = log.clone();
         let work = || restore_now(&criu.path, &plan);
@@ -632,12 +634,6 @@ fn first_child(pid: i32) -> Option<i32> {
     fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).ok()?.split_whitespace().next()?.parse().ok()
 }
 
-fn ensure_file(p: &Path) -> anyhow::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    fs::OpenOptions::new().create(true).append(true).mode(0o600).open(p).with_context(|| format!("cannot create {}", p.display()))?;
-    Ok(())
-}
-
 /// Runs the CRIU restore; the restored root becomes a child of the caller.
 fn restore_now(criu: &Path, p: &Plan) -> anyhow::Result<(i32, ())> {
     if p.meta.workload.adopted {
@@ -646,10 +642,6 @@ fn restore_now(criu: &Path, p: &Plan) -> anyhow::Result<(i32, ())> {
     let dir = open_dir(&p.images)?;
     let log_name = format!("restore-{}.log", p.new_name);
     let log_path = p.images.join(&log_name);
-    if let Some(m) = &p.meta.workload.stdio_mount {
-        // The mountpoint must exist in the restored root (the host's /).
-        ensure_file(m)?;
-    }
     let req = RestoreRequest {
         images_dir: Some(dir.as_fd()),
         work_dir: Some(dir.as_fd()),

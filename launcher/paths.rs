@@ -54,15 +54,6 @@ impl Paths {
         self.lib.join("stdio")
     }
 
-    /// Creates [`Paths::stdio_mount`] when it is missing.
-    pub fn ensure_stdio_mount(&self) -> std::io::Result<PathBuf> {
-        use std::os::unix::fs::OpenOptionsExt;
-        let p = self.stdio_mount();
-        crate::store::mkdir_private(&self.lib)?;
-        std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(&p)?;
-        Ok(p)
-    }
-
     pub fn default_images(&self, name: &str) -> PathBuf {
         self.images_root().join(name)
     }

@@ -246,7 +246,7 @@ pub fn import(ctx: &Ctx, args: ImportArgs) -> anyhow::Result<i32> {
             meta.workload.namespaces = Default::default();
             meta.workload.net.host_if = (meta.workload.net.mode == "veth").then(|| cns_netns::host_veth_name(&name));
             store::write_atomic(&staging.join(cns_engine::image::META_FILE), &serde_json::to_vec_pretty(&meta)?, 0o600)?;
-            crate::run::create_log(&log_path, true)?;
+            store::create_private_file(&log_path, true)?;
             if let Some(l) = &log {
                 fs::copy(l, &log_path).with_context(|| format!("cannot write {}", log_path.display()))?;
                 let _ = fs::remove_file(l);

@@ -39,27 +39,6 @@ pub fn write_pidfile(p: &Path, pid: i32) -> anyhow::Result<()> {
     store::write_atomic(&abs, format!("{pid}\n").as_bytes(), 0o644).with_context(|| format!("cannot write pidfile {}", p.display()))
 }
 
-/// Opens (creating or truncating) a workload's log, 0600.
-pub fn create_log(path: &Path, truncate: bool) -> anyhow::Result<std::fs::File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    if let Some(dir) = path.parent() {
-        store::mkdir_private(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    }
-    std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .truncate(false)
-        .mode(0o600)
-        .open(path)
-        .and_then(|f| {
-            if truncate {
-                f.set_len(0)?;
-            }
-            Ok(f)
-        })
-        .with_context(|| format!("cannot create log {}", path.display()))
-}
-
 pub fn run(ctx: &Ctx, args: RunArgs) -> anyhow::Result<i32> {
     // Everything a user can get wrong is checked before any syscall that changes the machine.
     let name = match &args.name {
@@ -98,8 +77,9 @@ pub fn run(ctx: &Ctx, args: RunArgs) -> anyhow::Result<i32> {
         marker.host_if = host_if.clone();
         marker.log = Some(log.clone());
         recovery::begin(&locked.dir, &marker)?;
-        create_log(&log, true)?;
-        let stdio_mount = ctx.store.paths.ensure_stdio_mount().with_context(|| format!("cannot create {}", ctx.store.paths.stdio_mount().display()))?;
+        store::create_private_file(&log, true)?;
+        let stdio_mount = ctx.store.paths.stdio_mount();
+        drop(store::create_private_file(&stdio_mount, false)?);
         let mut w = Workload {
             name: name.clone(),
             command: args.command.clone(),

@@ -221,6 +221,28 @@ pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> anyhow::Result<()> {
 }
 
 /// Creates `dir` (and parents) with mode 0700.
+/// Opens `path` for appending, creating it 0600 (and its directory 0700)
+/// when missing, emptied when `truncate`: workload logs and the stdio
+/// mountpoint.
+pub fn create_private_file(path: &Path, truncate: bool) -> anyhow::Result<File> {
+    if let Some(dir) = path.parent() {
+        mkdir_private(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)
+        .and_then(|f| {
+            if truncate {
+                f.set_len(0)?;
+            }
+            Ok(f)
+        })
+        .with_context(|| format!("cannot create {}", path.display()))
+}
+
 pub fn mkdir_private(dir: &Path) -> io::Result<()> {
     fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
     use std::os::unix::fs::PermissionsExt;
