@@ -192,7 +192,7 @@ fn second_dump_racing_the_first_is_refused() {
     let _c = Cleanup(vec![n.clone()]);
     start_counter(&n);
     // Hold the workload's lock as a running dump would.
-    let lock = std::fs::File::open(format!("/run/cns/{n}/lock")).expect("lock");
+    let lock = std::fs::File::open(format!("/run/cns/.locks/{n}")).expect("lock");
     // SAFETY: flock on an fd we own.
     assert_eq!(unsafe { libc_flock(&lock) }, 0);
     let e = fails(&["dump", &n]);

@@ -11,6 +11,7 @@
 pub mod criu;
 pub mod explain;
 pub mod image;
+pub mod options;
 pub mod preflight;
 pub mod rpc;
 pub mod sockdiag;
@@ -24,4 +25,5 @@ pub mod proto {
 pub use criu::{Criu, CriuError, CriuVersion};
 pub use explain::{Explanation, explain_log};
 pub use image::{DumpStats, ImageDir, ImageError, RestoreStats};
-pub use rpc::{DumpRequest, Notify, NotifyAction, RestoreRequest, RpcError, Swrk};
+pub use options::{CriuFlags, CriuOptions, Operation};
+pub use rpc::{Dirs, Notify, NotifyAction, RpcError, Swrk};

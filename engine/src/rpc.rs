@@ -15,9 +15,8 @@ use std::process::{Child, Command, Stdio};
 use nix::sys::socket::{self, AddressFamily, MsgFlags, SockFlag, SockType};
 use prost::Message;
 
-use crate::proto::{
-    CriuCgMode, CriuNetworkLockMethod, CriuOpts, CriuReq, CriuReqType, CriuResp, CriuVersion, InheritFd,
-};
+use crate::options::{CriuOptions, Operation};
+use crate::proto::{CriuOpts, CriuReq, CriuReqType, CriuResp, CriuVersion};
 
 /// CRIU log verbosity cns asks for (CRIU's -v4): the log is what explains a failure.
 pub const LOG_LEVEL: i32 = 4;
@@ -78,48 +77,12 @@ pub enum NotifyAction {
     Abort(String),
 }
 
-/// A dump over RPC.
-#[derive(Debug, Default)]
-pub struct DumpRequest<'a> {
-    /// Host pid of the tree root.
-    pub pid: i32,
-    pub images_dir: Option<BorrowedFd<'a>>,
-    pub work_dir: Option<BorrowedFd<'a>>,
-    /// Log file name, relative to the work dir.
-    pub log_file: String,
-    pub leave_running: bool,
-    pub tcp_established: bool,
-    /// Skip connections still waiting in a listen queue.
-    pub tcp_skip_in_flight: bool,
-    pub ext_unix_sk: bool,
-    pub file_locks: bool,
-    pub shell_job: bool,
-    pub link_remap: bool,
-    /// CRIU `--external` entries.
-    pub external: Vec<String>,
-    /// Ask for notify callbacks (the handler passed to [`Swrk::dump`]).
-    pub notify: bool,
-}
-
-/// A restore over RPC.
-#[derive(Debug, Default)]
-pub struct RestoreRequest<'a> {
-    pub images_dir: Option<BorrowedFd<'a>>,
-    pub work_dir: Option<BorrowedFd<'a>>,
-    pub log_file: String,
-    pub tcp_established: bool,
-    pub ext_unix_sk: bool,
-    pub file_locks: bool,
-    pub shell_job: bool,
-    pub link_remap: bool,
-    /// Restore the root as a child of the calling process (CRIU `rst_sibling`),
-    /// so the caller can wait for it.
-    pub sibling: bool,
-    pub external: Vec<String>,
-    /// (key, fd) pairs: CRIU gives the restored tree `fd` wherever the image
-    /// had a file whose path (without the leading `/`) is `key`.
-    pub inherit_fd: Vec<(String, BorrowedFd<'a>)>,
-    pub notify: bool,
+/// The image and work directories of one operation, as fds open in the
+/// caller (CRIU reads them through `/proc/<caller>/fd/<n>`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Dirs<'a> {
+    pub images: Option<BorrowedFd<'a>>,
+    pub work: Option<BorrowedFd<'a>>,
 }
 
 /// A `criu swrk` connection for one operation.
@@ -268,69 +231,33 @@ impl Swrk {
         self.call("CHECK", req, &mut |_| NotifyAction::Continue).map(|_| ())
     }
 
-    /// Dumps a tree. Returns whether CRIU reports it `restored` (never, for cns).
-    pub fn dump(
-        self,
-        r: &DumpRequest<'_>,
-        on_notify: &mut dyn FnMut(&Notify) -> NotifyAction,
-    ) -> Result<(), RpcError> {
-        let opts = CriuOpts {
-            images_dir_fd: r.images_dir.map_or(-1, |f| f.as_raw_fd()),
-            pid: Some(r.pid),
-            leave_running: Some(r.leave_running),
-            tcp_established: Some(r.tcp_established),
-            tcp_skip_in_flight: Some(r.tcp_skip_in_flight),
-            ext_unix_sk: Some(r.ext_unix_sk),
-            file_locks: Some(r.file_locks),
-            shell_job: Some(r.shell_job),
-            link_remap: Some(r.link_remap),
-            log_level: Some(LOG_LEVEL),
-            log_file: Some(r.log_file.clone()),
-            work_dir_fd: r.work_dir.map(|f| f.as_raw_fd()),
-            notify_scripts: Some(r.notify),
-            external: r.external.clone(),
-            network_lock: Some(CriuNetworkLockMethod::Nftables as i32),
-            manage_cgroups_mode: Some(CriuCgMode::Ignore as i32),
-            ..Default::default()
-        };
-        let req = CriuReq { r#type: CriuReqType::Dump as i32, opts: Some(opts), ..Default::default() };
+    /// Dumps a tree described by `opts` (an [`Operation::Dump`]).
+    pub fn dump(self, opts: &CriuOptions, dirs: Dirs<'_>, on_notify: &mut dyn FnMut(&Notify) -> NotifyAction) -> Result<(), RpcError> {
+        if opts.op != Operation::Dump {
+            return Err(RpcError::Protocol { op: "DUMP", what: "restore options given to a dump".into() });
+        }
+        let req = CriuReq { r#type: CriuReqType::Dump as i32, opts: Some(opts.to_rpc(dirs.images, dirs.work, &[])), ..Default::default() };
         self.call("DUMP", req, on_notify).map(|_| ())
     }
 
-    /// Restores a tree; returns the host pid of the restored root.
+    /// Restores a tree described by `opts` (an [`Operation::Restore`]);
+    /// returns the host pid of the restored root. `inherit` are (key, fd)
+    /// pairs: CRIU gives the restored tree `fd` wherever the image had a
+    /// file whose path (without the leading `/`) is `key`; the fds must
+    /// have been handed to [`Swrk::start`].
     pub fn restore(
         self,
-        r: &RestoreRequest<'_>,
+        opts: &CriuOptions,
+        dirs: Dirs<'_>,
+        inherit: &[(String, BorrowedFd<'_>)],
         on_notify: &mut dyn FnMut(&Notify) -> NotifyAction,
     ) -> Result<i32, RpcError> {
-        let opts = CriuOpts {
-            images_dir_fd: r.images_dir.map_or(-1, |f| f.as_raw_fd()),
-            tcp_established: Some(r.tcp_established),
-            ext_unix_sk: Some(r.ext_unix_sk),
-            file_locks: Some(r.file_locks),
-            shell_job: Some(r.shell_job),
-            link_remap: Some(r.link_remap),
-            log_level: Some(LOG_LEVEL),
-            log_file: Some(r.log_file.clone()),
-            work_dir_fd: r.work_dir.map(|f| f.as_raw_fd()),
-            notify_scripts: Some(r.notify),
-            root: Some("/".into()),
-            rst_sibling: Some(r.sibling),
-            inherit_fd: r
-                .inherit_fd
-                .iter()
-                .map(|(key, fd)| InheritFd { key: key.clone(), fd: fd.as_raw_fd() })
-                .collect(),
-            external: r.external.clone(),
-            network_lock: Some(CriuNetworkLockMethod::Nftables as i32),
-            manage_cgroups_mode: Some(CriuCgMode::Ignore as i32),
-            ..Default::default()
-        };
-        let req = CriuReq { r#type: CriuReqType::Restore as i32, opts: Some(opts), ..Default::default() };
+        if opts.op != Operation::Restore {
+            return Err(RpcError::Protocol { op: "RESTORE", what: "dump options given to a restore".into() });
+        }
+        let req = CriuReq { r#type: CriuReqType::Restore as i32, opts: Some(opts.to_rpc(dirs.images, dirs.work, inherit)), ..Default::default() };
         let resp = self.call("RESTORE", req, on_notify)?;
-        resp.restore
-            .map(|r| r.pid)
-            .ok_or(RpcError::Protocol { op: "RESTORE", what: "no pid in the answer".into() })
+        resp.restore.map(|r| r.pid).ok_or(RpcError::Protocol { op: "RESTORE", what: "no pid in the answer".into() })
     }
 }
 

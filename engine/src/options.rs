@@ -1,0 +1,229 @@
+//! One description of a CRIU dump or restore, rendered two ways: the RPC
+//! request cns sends to `criu swrk`, and the equivalent plain `criu`
+//! command line (`--print-criu-cmdline`). Both come from the same fields,
+//! so what cns prints is what it does.
+
+use std::os::fd::{AsRawFd, BorrowedFd};
+use std::path::{Path, PathBuf};
+
+use crate::proto::{CriuCgMode, CriuNetworkLockMethod, CriuOpts, InheritFd};
+use crate::rpc::LOG_LEVEL;
+
+/// Which CRIU operation the options are for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Operation {
+    Dump,
+    Restore,
+}
+
+impl Operation {
+    /// CRIU's subcommand name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Operation::Dump => "dump",
+            Operation::Restore => "restore",
+        }
+    }
+}
+
+/// The switches of CRIU's "advanced usage" that cns turns on, by CRIU's
+/// names. Shared by dump and restore (a restore needs what the dump had).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CriuFlags {
+    /// `--tcp-established`
+    #[serde(default)]
+    pub tcp_established: bool,
+    /// `--file-locks`
+    #[serde(default)]
+    pub file_locks: bool,
+    /// `--ext-unix-sk`
+    #[serde(default)]
+    pub ext_unix_sk: bool,
+    /// `--shell-job`
+    #[serde(default)]
+    pub shell_job: bool,
+    /// `--link-remap`
+    #[serde(default)]
+    pub link_remap: bool,
+}
+
+impl CriuFlags {
+    /// Every flag set in either.
+    pub fn union(self, o: CriuFlags) -> CriuFlags {
+        CriuFlags {
+            tcp_established: self.tcp_established || o.tcp_established,
+            file_locks: self.file_locks || o.file_locks,
+            ext_unix_sk: self.ext_unix_sk || o.ext_unix_sk,
+            shell_job: self.shell_job || o.shell_job,
+            link_remap: self.link_remap || o.link_remap,
+        }
+    }
+
+    fn args(&self) -> impl Iterator<Item = &'static str> {
+        [
+            (self.tcp_established, "--tcp-established"),
+            (self.file_locks, "--file-locks"),
+            (self.ext_unix_sk, "--ext-unix-sk"),
+            (self.shell_job, "--shell-job"),
+            (self.link_remap, "--link-remap"),
+        ]
+        .into_iter()
+        .filter_map(|(on, s)| on.then_some(s))
+    }
+}
+
+/// A dump or restore, fully described.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CriuOptions {
+    pub op: Operation,
+    /// The image directory (shown on the command line; the RPC passes an fd).
+    pub images: PathBuf,
+    /// Log file name, relative to the work directory.
+    pub log_file: String,
+    /// Dump: host PID of the tree's root.
+    pub pid: Option<i32>,
+    /// Dump: keep the tree running.
+    pub leave_running: bool,
+    /// Dump: skip connections still waiting in a listen queue.
+    pub tcp_skip_in_flight: bool,
+    pub flags: CriuFlags,
+    /// `--external` entries.
+    pub external: Vec<String>,
+    /// Restore: the restored root becomes a child of the caller (CRIU's
+    /// `rst_sibling`; on the command line, `--restore-detached`).
+    pub sibling: bool,
+    /// Restore: the root directory (`--root`).
+    pub root: Option<String>,
+    /// Ask for notify callbacks (the command line's action scripts).
+    pub notify: bool,
+}
+
+impl CriuOptions {
+    /// A dump of the tree rooted at `pid` into `images`.
+    pub fn dump(pid: i32, images: impl Into<PathBuf>) -> CriuOptions {
+        CriuOptions {
+            op: Operation::Dump,
+            images: images.into(),
+            log_file: crate::image::DUMP_LOG.into(),
+            pid: Some(pid),
+            leave_running: false,
+            tcp_skip_in_flight: false,
+            flags: CriuFlags::default(),
+            external: Vec::new(),
+            sibling: false,
+            root: None,
+            notify: true,
+        }
+    }
+
+    /// A restore from `images`, root `/`, the restored root a child of the caller.
+    pub fn restore(images: impl Into<PathBuf>, log_file: impl Into<String>) -> CriuOptions {
+        CriuOptions {
+            op: Operation::Restore,
+            images: images.into(),
+            log_file: log_file.into(),
+            pid: None,
+            leave_running: false,
+            tcp_skip_in_flight: false,
+            flags: CriuFlags::default(),
+            external: Vec::new(),
+            sibling: true,
+            root: Some("/".into()),
+            notify: true,
+        }
+    }
+
+    /// The RPC options, with the image and work directories as fds open in
+    /// the caller, and `inherit` fds at their own numbers.
+    pub fn to_rpc(&self, images_dir: Option<BorrowedFd<'_>>, work_dir: Option<BorrowedFd<'_>>, inherit: &[(String, BorrowedFd<'_>)]) -> CriuOpts {
+        let restore = self.op == Operation::Restore;
+        CriuOpts {
+            images_dir_fd: images_dir.map_or(-1, |f| f.as_raw_fd()),
+            pid: self.pid,
+            leave_running: (!restore).then_some(self.leave_running),
+            tcp_established: Some(self.flags.tcp_established),
+            tcp_skip_in_flight: (!restore).then_some(self.tcp_skip_in_flight),
+            ext_unix_sk: Some(self.flags.ext_unix_sk),
+            file_locks: Some(self.flags.file_locks),
+            shell_job: Some(self.flags.shell_job),
+            link_remap: Some(self.flags.link_remap),
+            log_level: Some(LOG_LEVEL),
+            log_file: Some(self.log_file.clone()),
+            work_dir_fd: work_dir.map(|f| f.as_raw_fd()),
+            notify_scripts: Some(self.notify),
+            root: self.root.clone(),
+            rst_sibling: restore.then_some(self.sibling),
+            inherit_fd: inherit.iter().map(|(key, fd)| InheritFd { key: key.clone(), fd: fd.as_raw_fd() }).collect(),
+            external: self.external.clone(),
+            network_lock: Some(CriuNetworkLockMethod::Nftables as i32),
+            manage_cgroups_mode: Some(CriuCgMode::Ignore as i32),
+            ..Default::default()
+        }
+    }
+
+    /// The equivalent plain command line. A restore's pidfile is written by
+    /// cns itself over RPC (swrk has no pidfile field); `pidfile` adds
+    /// CRIU's own `--pidfile` so the line works on its own.
+    pub fn command_line(&self, criu: &Path, pidfile: Option<&Path>) -> Vec<String> {
+        let mut v = vec![criu.display().to_string(), self.op.name().into()];
+        if let Some(pid) = self.pid {
+            v.extend(["-t".into(), pid.to_string()]);
+        }
+        v.extend(["-D".into(), self.images.display().to_string()]);
+        v.extend(["-o".into(), self.log_file.clone(), format!("-v{LOG_LEVEL}")]);
+        if let Some(root) = &self.root {
+            v.extend(["--root".into(), root.clone()]);
+        }
+        if self.op == Operation::Restore && self.sibling {
+            v.push("--restore-detached".into());
+        }
+        v.extend(["--network-lock", "nftables", "--manage-cgroups=ignore"].map(String::from));
+        if let Some(pf) = pidfile {
+            v.extend(["--pidfile".into(), pf.display().to_string()]);
+        }
+        for e in &self.external {
+            v.extend(["--external".into(), e.clone()]);
+        }
+        v.extend(self.flags.args().map(String::from));
+        if self.op == Operation::Dump {
+            if self.leave_running {
+                v.push("--leave-running".into());
+            }
+            if self.tcp_skip_in_flight {
+                v.push("--tcp-skip-in-flight".into());
+            }
+        }
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rpc_and_command_line_agree() {
+        let mut o = CriuOptions::dump(42, "/img");
+        o.flags.tcp_established = true;
+        o.flags.link_remap = true;
+        o.leave_running = true;
+        o.tcp_skip_in_flight = true;
+        o.external.push("mnt[/x]:k".into());
+        let rpc = o.to_rpc(None, None, &[]);
+        let line = o.command_line(Path::new("criu"), None).join(" ");
+        assert_eq!(rpc.pid, Some(42));
+        assert_eq!(rpc.tcp_established, Some(true));
+        assert_eq!(rpc.link_remap, Some(true));
+        assert_eq!(rpc.leave_running, Some(true));
+        assert_eq!(rpc.tcp_skip_in_flight, Some(true));
+        assert_eq!(rpc.external, vec!["mnt[/x]:k".to_string()]);
+        assert_eq!(line, "criu dump -t 42 -D /img -o dump.log -v4 --network-lock nftables --manage-cgroups=ignore --external mnt[/x]:k --tcp-established --link-remap --leave-running --tcp-skip-in-flight");
+        let r = CriuOptions::restore("/img", "restore.log");
+        let rpc = r.to_rpc(None, None, &[]);
+        assert_eq!(rpc.root.as_deref(), Some("/"));
+        assert_eq!(rpc.rst_sibling, Some(true));
+        assert_eq!(rpc.leave_running, None);
+        let line = r.command_line(Path::new("criu"), Some(Path::new("/p"))).join(" ");
+        assert_eq!(line, "criu restore -D /img -o restore.log -v4 --root / --restore-detached --network-lock nftables --manage-cgroups=ignore --pidfile /p");
+    }
+}

@@ -1,0 +1,14 @@
+//! `cns export`.
+
+use cns_runtime::Runtime;
+use cns_runtime::ops::{self, ExportOptions};
+
+use crate::cli::ExportArgs;
+
+pub fn export(rt: &Runtime, a: ExportArgs, quiet: bool) -> anyhow::Result<i32> {
+    let out = ops::export(rt, &ExportOptions { name: a.name, output: a.output, compression: a.compress.0 })?;
+    if !quiet {
+        println!("exported {} to {} ({:.1} MiB)", out.name, out.output.display(), out.bytes as f64 / (1 << 20) as f64);
+    }
+    Ok(0)
+}

@@ -1,0 +1,361 @@
+//! The command line. Subcommand names are explicit and `--help` is
+//! snapshot-tested, so a rename is always deliberate. Options that several
+//! commands take are declared once, as argument groups, below.
+
+pub mod check;
+pub mod completions;
+pub mod dump;
+pub mod exec;
+pub mod export;
+pub mod import;
+pub mod inspect;
+pub mod kill;
+pub mod logs;
+pub mod ps;
+pub mod render;
+pub mod restore;
+pub mod rm;
+pub mod run;
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// `-d` and `--pidfile`: run and restore.
+#[derive(Debug, Args, Clone)]
+pub struct StartArgs {
+    /// Detach: start in the background and print the name
+    #[arg(short, long)]
+    pub detach: bool,
+    /// Write the host PID of the workload's root process to FILE
+    #[arg(long, value_name = "FILE")]
+    pub pidfile: Option<PathBuf>,
+}
+
+/// `--images`: dump and restore.
+#[derive(Debug, Args, Clone)]
+pub struct ImagesArg {
+    /// Image directory (default /var/lib/cns/images/NAME)
+    #[arg(long, value_name = "DIR")]
+    pub images: Option<PathBuf>,
+}
+
+/// `--no-preflight`: dump and restore.
+#[derive(Debug, Args, Clone)]
+pub struct PreflightArg {
+    /// Skip the pre-flight check
+    #[arg(long)]
+    pub no_preflight: bool,
+}
+
+/// `--print-criu-cmdline`: dump and restore.
+#[derive(Debug, Args, Clone)]
+pub struct CmdlineArg {
+    /// Print the equivalent plain `criu` command line and exit (changes nothing)
+    #[arg(long)]
+    pub print_criu_cmdline: bool,
+}
+
+/// `--json`: every command with machine-readable output.
+#[derive(Debug, Args, Clone)]
+pub struct JsonArg {
+    /// Print JSON (field names are stable: docs/json.md)
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "cns",
+    version,
+    about = "Run Linux workloads in fresh namespaces so CRIU can checkpoint them at any moment",
+    long_about = "cns starts a command in fresh pid, mount, network, uts, ipc and time namespaces, \
+set up so that CRIU can dump it at any moment, and dumps and restores it (into new namespaces, \
+so restored PIDs never clash).",
+    propagate_version = true
+)]
+pub struct Cli {
+    /// More logging (-v info, -vv debug, -vvv trace); RUST_LOG overrides
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Print only errors
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    /// CRIU binary to use (default: $CNS_CRIU, then PATH)
+    #[arg(long, global = true, value_name = "PATH")]
+    pub criu: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Start a command in fresh namespaces
+    Run(RunArgs),
+    /// List workloads
+    Ps(PsArgs),
+    /// Run a command inside a running workload's namespaces
+    Exec(ExecArgs),
+    /// Show a workload's output
+    Logs(LogsArgs),
+    /// Send a signal to a workload
+    Kill(KillArgs),
+    /// Stop a workload and remove its state
+    Rm(RmArgs),
+    /// Checkpoint a workload (or a host process tree with --pid) with CRIU
+    Dump(DumpArgs),
+    /// Restore a checkpoint into new namespaces
+    Restore(RestoreArgs),
+    /// Check that this machine can checkpoint, or pre-flight a workload or image
+    Check(CheckArgs),
+    /// Show everything about a workload or checkpoint
+    Inspect(InspectArgs),
+    /// Write a workload's checkpoint into one portable archive
+    Export(ExportArgs),
+    /// Unpack a checkpoint archive (from `cns export`) for `cns restore`
+    Import(ImportArgs),
+    /// Print shell completions
+    Completions(CompletionsArgs),
+    /// Write man pages into a directory
+    #[command(name = "__man", hide = true)]
+    Man(ManArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Workload name (default: generated)
+    #[arg(long)]
+    pub name: Option<String>,
+    #[command(flatten)]
+    pub start: StartArgs,
+    /// Set an environment variable (repeatable)
+    #[arg(short, long, value_name = "K=V")]
+    pub env: Vec<String>,
+    /// Working directory of the command
+    #[arg(long, value_name = "DIR")]
+    pub cwd: Option<PathBuf>,
+    /// Hostname inside the workload (default: the name)
+    #[arg(long)]
+    pub hostname: Option<String>,
+    /// Drop a capability (e.g. CAP_NET_RAW or net_raw), or `all` (repeatable)
+    #[arg(long, value_name = "CAP|all")]
+    pub cap_drop: Vec<String>,
+    /// Apply a seccomp filter (seccompiler JSON; the filter named "main", or the only one)
+    #[arg(long, value_name = "FILE")]
+    pub seccomp: Option<PathBuf>,
+    /// Network: `veth` (a veth pair to the host, the default) or `none` (only lo)
+    #[arg(long, default_value = "veth", value_name = "veth|none")]
+    pub net: NetArg,
+    /// The workload's address, A.B.C.D[/30|/31] (default: the next free /30 of the pool)
+    #[arg(long, value_name = "CIDR")]
+    pub ip: Option<String>,
+    /// Publish a port: HOSTPORT:PORT (TCP, host 0.0.0.0:HOSTPORT forwarded to the workload)
+    #[arg(short = 'p', long = "publish", value_name = "HOSTPORT:PORT")]
+    pub publish: Vec<String>,
+    /// Command and its arguments
+    #[arg(required = true, last = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct PsArgs {
+    #[command(flatten)]
+    pub json: JsonArg,
+}
+
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    pub name: String,
+    /// Set an environment variable (repeatable)
+    #[arg(short, long, value_name = "K=V")]
+    pub env: Vec<String>,
+    #[arg(required = true, last = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    pub name: String,
+    /// Keep following the log until the workload exits
+    #[arg(short, long)]
+    pub follow: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct KillArgs {
+    pub name: String,
+    /// Signal name or number (default TERM)
+    #[arg(default_value = "TERM")]
+    pub signal: String,
+}
+
+#[derive(Debug, Args)]
+pub struct RmArgs {
+    pub name: String,
+    /// Stop it first if it is running
+    #[arg(short, long)]
+    pub force: bool,
+    /// Keep its checkpoint images
+    #[arg(long)]
+    pub keep_images: bool,
+}
+
+/// CRIU's switches, by CRIU's names: dump and restore.
+#[derive(Debug, Args, Clone)]
+pub struct CriuFlags {
+    /// Checkpoint/restore established TCP connections
+    #[arg(long)]
+    pub tcp_established: bool,
+    /// Checkpoint/restore file locks
+    #[arg(long)]
+    pub file_locks: bool,
+    /// Allow unix sockets connected outside the tree
+    #[arg(long)]
+    pub ext_unix_sk: bool,
+    /// The tree is a shell job (uses a terminal of a process outside it)
+    #[arg(long)]
+    pub shell_job: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DumpArgs {
+    /// Workload name (with --pid: the name to give the checkpoint)
+    pub name: String,
+    /// Adopt a host process tree that cns did not start: its root PID
+    #[arg(long, value_name = "PID")]
+    pub pid: Option<i32>,
+    /// Keep the workload running after the dump
+    #[arg(long)]
+    pub leave_running: bool,
+    /// Drop connections still waiting in a listen queue (clients reconnect)
+    #[arg(long)]
+    pub tcp_skip_in_flight: bool,
+    #[command(flatten)]
+    pub images: ImagesArg,
+    #[command(flatten)]
+    pub criu: CriuFlags,
+    #[command(flatten)]
+    pub preflight: PreflightArg,
+    #[command(flatten)]
+    pub cmdline: CmdlineArg,
+    #[command(flatten)]
+    pub json: JsonArg,
+}
+
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// Checkpoint name (or with --images, the image's name)
+    pub name: String,
+    /// Restore a copy under a new name (the image is kept)
+    #[arg(long = "as", value_name = "NEW")]
+    pub as_name: Option<String>,
+    #[command(flatten)]
+    pub start: StartArgs,
+    #[command(flatten)]
+    pub images: ImagesArg,
+    #[command(flatten)]
+    pub criu: CriuFlags,
+    /// Keep the dumped inner address for a copy (default: a fresh one for --as)
+    #[arg(long)]
+    pub keep_ip: bool,
+    /// Give an in-place restore a fresh address (its TCP connections are
+    /// lost), e.g. when the checkpoint's address is taken on this machine
+    #[arg(long, conflicts_with = "keep_ip")]
+    pub new_ip: bool,
+    #[command(flatten)]
+    pub preflight: PreflightArg,
+    /// Memory the restore may use, in MiB, for the pre-flight (default:
+    /// MemAvailable and the memory cgroup's limit)
+    #[arg(long, value_name = "MIB")]
+    pub memory_limit: Option<u64>,
+    #[command(flatten)]
+    pub cmdline: CmdlineArg,
+    #[command(flatten)]
+    pub json: JsonArg,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// A running workload to pre-flight before a dump
+    pub name: Option<String>,
+    /// Pre-flight a checkpoint (name or image directory) before a restore
+    #[arg(long, value_name = "NAME|DIR", conflicts_with = "name")]
+    pub image: Option<String>,
+    /// Memory the restore may use, in MiB (default: MemAvailable)
+    #[arg(long, value_name = "MIB")]
+    pub memory_limit: Option<u64>,
+    #[command(flatten)]
+    pub json: JsonArg,
+}
+
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    /// Workload name, or a checkpoint directory (any path with a '/')
+    #[arg(value_name = "NAME|DIR")]
+    pub name: String,
+    #[command(flatten)]
+    pub json: JsonArg,
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// Workload whose last checkpoint to export
+    pub name: String,
+    /// The archive to write
+    #[arg(short, long, value_name = "FILE")]
+    pub output: PathBuf,
+    /// Compression of the archive
+    #[arg(long, default_value = "zstd", value_name = "none|gzip|zstd")]
+    pub compress: CompressArg,
+}
+
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// An archive written by `cns export`
+    pub file: PathBuf,
+    /// Name to give the imported checkpoint (default: its own)
+    #[arg(long = "as", value_name = "NAME")]
+    pub as_name: Option<String>,
+    /// Refuse archives that unpack to more than this many MiB
+    #[arg(long, default_value_t = 65536, value_name = "MIB")]
+    pub max_size: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    #[arg(value_parser = ["bash", "zsh", "fish"])]
+    pub shell: String,
+}
+
+#[derive(Debug, Args)]
+pub struct ManArgs {
+    pub dir: PathBuf,
+}
+
+impl From<&CriuFlags> for cns_engine::CriuFlags {
+    fn from(f: &CriuFlags) -> cns_engine::CriuFlags {
+        cns_engine::CriuFlags { tcp_established: f.tcp_established, file_locks: f.file_locks, ext_unix_sk: f.ext_unix_sk, shell_job: f.shell_job, link_remap: false }
+    }
+}
+
+/// `--net`, parsed by the library.
+#[derive(Debug, Clone, Copy)]
+pub struct NetArg(pub cns_runtime::workload::NetMode);
+
+impl std::str::FromStr for NetArg {
+    type Err = String;
+    fn from_str(s: &str) -> Result<NetArg, String> {
+        s.parse().map(NetArg).map_err(|e: cns_runtime::Error| e.to_string())
+    }
+}
+
+/// `--compress`.
+#[derive(Debug, Clone, Copy)]
+pub struct CompressArg(pub cns_runtime::ops::Compression);
+
+impl std::str::FromStr for CompressArg {
+    type Err = String;
+    fn from_str(s: &str) -> Result<CompressArg, String> {
+        s.parse().map(CompressArg)
+    }
+}

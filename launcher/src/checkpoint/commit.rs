@@ -1,0 +1,104 @@
+//! When a dump is committed. A dump writes into a staging directory next
+//! to its destination; at CRIU's post-dump notification (the images are
+//! complete, the tree not yet killed) [`Staging::commit`] moves it into
+//! place, setting the previous checkpoint aside, and marks the dump
+//! committed for the recovery sweep. From there on a cns killed mid-dump
+//! loses nothing. If CRIU fails after the commit, [`Staging::abandon`]
+//! puts the previous checkpoint back.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use crate::checkpoint::meta::Meta;
+use crate::error::{Context, Error, Result};
+use crate::recovery;
+
+/// A dump's staging directory and where its checkpoint goes.
+#[derive(Debug)]
+pub struct Staging {
+    /// `.NAME.dump-PID` next to `images`.
+    pub dir: PathBuf,
+    /// The checkpoint's final place.
+    pub images: PathBuf,
+    /// Where the previous checkpoint waits until the dump ends.
+    old: PathBuf,
+    /// The workload's state dir (its recovery marker).
+    state_dir: PathBuf,
+    committed: bool,
+}
+
+fn sibling(images: &Path, kind: &str) -> PathBuf {
+    let parent = images.parent().unwrap_or(Path::new("/"));
+    let base = images.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    parent.join(format!(".{base}.{kind}-{}", std::process::id()))
+}
+
+impl Staging {
+    /// Creates a fresh, private staging directory next to `images` (whose
+    /// parent must exist and not be a symlink).
+    pub fn create(images: &Path, state_dir: &Path) -> Result<Staging> {
+        let dir = sibling(images, "dump");
+        // A leftover of an earlier dump by a process with this PID.
+        let _ = fs::remove_dir_all(&dir);
+        std::os::unix::fs::DirBuilderExt::mode(&mut fs::DirBuilder::new(), 0o700)
+            .create(&dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+        Ok(Staging { dir, images: images.to_path_buf(), old: sibling(images, "old"), state_dir: state_dir.to_path_buf(), committed: false })
+    }
+
+    pub fn committed(&self) -> bool {
+        self.committed
+    }
+
+    /// Writes `meta` and moves the complete dump into place.
+    pub fn commit(&mut self, meta: &Meta) -> Result<()> {
+        meta.write(&self.dir)?;
+        let _ = fs::remove_dir_all(&self.old);
+        let had_old = self.images.exists();
+        if had_old {
+            fs::rename(&self.images, &self.old).with_context(|| format!("cannot set the old checkpoint {} aside", self.images.display()))?;
+            let old = self.old.clone();
+            recovery::update(&self.state_dir, |m| {
+                if let Some(d) = m.dump.as_mut() {
+                    d.old = Some(old);
+                }
+            });
+        }
+        if let Err(e) = fs::rename(&self.dir, &self.images) {
+            if had_old {
+                let _ = fs::rename(&self.old, &self.images);
+            }
+            return Err(Error::wrap(format!("cannot move the checkpoint to {}", self.images.display()), e));
+        }
+        recovery::update(&self.state_dir, |m| {
+            if let Some(d) = m.dump.as_mut() {
+                d.committed = true;
+            }
+        });
+        self.committed = true;
+        Ok(())
+    }
+
+    /// The dump failed: keep CRIU's log at `failed_log`, put the previous
+    /// checkpoint back, remove what this dump wrote.
+    pub fn abandon(self, failed_log: &Path) {
+        let log = cns_engine::image::DUMP_LOG;
+        if self.committed {
+            // CRIU failed after the images were complete; it resumed the tree.
+            let _ = fs::rename(self.images.join(log), failed_log);
+            let _ = fs::remove_dir_all(&self.images);
+            if self.old.exists() {
+                let _ = fs::rename(&self.old, &self.images);
+            }
+        } else {
+            let _ = fs::rename(self.dir.join(log), failed_log);
+        }
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+
+    /// The dump succeeded: the previous checkpoint goes.
+    pub fn finish(self) {
+        let _ = fs::remove_dir_all(&self.old);
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}

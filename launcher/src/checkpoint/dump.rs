@@ -1,0 +1,199 @@
+//! A dump: plan (the CRIU options, decided without touching anything),
+//! pre-flight, then CRIU into a staging directory that is committed at
+//! post-dump (commit.rs), then the record.
+
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use cns_engine::preflight::{self, Severity};
+use cns_engine::{CriuFlags, CriuOptions, Dirs, DumpStats, ImageDir, Notify, NotifyAction, Swrk};
+
+use crate::checkpoint::commit::Staging;
+use crate::checkpoint::failure::{criu_failure, criu_stderr, open_dir};
+use crate::checkpoint::meta::Meta;
+use crate::checkpoint::STDIO_KEY;
+use crate::error::{Context, Error, ErrorKind, Result};
+use crate::recovery;
+use crate::runtime::{Events, Runtime};
+use crate::workload::{Locked, Workload};
+
+/// What to dump and how.
+#[derive(Debug, Clone, Default)]
+pub struct DumpOptions {
+    /// The workload (with `adopt_pid`: the name to give the checkpoint).
+    pub name: String,
+    /// Image directory (default: the images root / NAME).
+    pub images: Option<PathBuf>,
+    pub leave_running: bool,
+    /// Drop connections still waiting in a listen queue.
+    pub tcp_skip_in_flight: bool,
+    /// CRIU switches asked for (pre-flight and the config add to them).
+    pub flags: CriuFlags,
+    /// Skip the pre-flight check.
+    pub no_preflight: bool,
+}
+
+/// What a dump produced.
+#[derive(Debug, Clone)]
+pub struct DumpOutcome {
+    pub name: String,
+    pub images: PathBuf,
+    pub stats: Option<DumpStats>,
+}
+
+/// Everything decided before anything is frozen.
+#[derive(Debug, Clone)]
+pub struct DumpPlan {
+    pub name: String,
+    pub pid: i32,
+    pub criu: cns_engine::Criu,
+    pub options: CriuOptions,
+}
+
+impl DumpPlan {
+    /// The equivalent plain `criu dump` command line.
+    pub fn command_line(&self) -> String {
+        self.options.command_line(&self.criu.path, None).join(" ")
+    }
+}
+
+/// `--external` entries of a dump: the log's bind mount.
+fn dump_externals(w: &Workload) -> Vec<String> {
+    w.stdio_mount.iter().map(|m| format!("mnt[{}]:{STDIO_KEY}", m.display())).collect()
+}
+
+/// Decides the dump of `w` (running, root `pid`). No side effects.
+pub fn plan(rt: &Runtime, opts: &DumpOptions, w: &Workload, pid: i32) -> Result<DumpPlan> {
+    let criu = rt.criu()?;
+    let images = opts.images.clone().unwrap_or_else(|| rt.default_images(&w.name));
+    let mut o = CriuOptions::dump(pid, images);
+    o.leave_running = opts.leave_running;
+    o.tcp_skip_in_flight = opts.tcp_skip_in_flight;
+    o.flags = opts.flags.union(CriuFlags { tcp_established: rt.config.tcp_established, file_locks: rt.config.file_locks, ..Default::default() });
+    o.external = dump_externals(w);
+    Ok(DumpPlan { name: w.name.clone(), pid, criu, options: o })
+}
+
+/// The plan for a dump of the workload `opts.name`, for printing.
+pub fn plan_for(rt: &Runtime, opts: &DumpOptions) -> Result<DumpPlan> {
+    let w = rt.store.get(&opts.name)?;
+    let pid = w.running_pid()?;
+    plan(rt, opts, &w, pid)
+}
+
+/// Dumps the workload `opts.name`.
+pub fn dump(rt: &Runtime, opts: &DumpOptions, events: &dyn Events) -> Result<DumpOutcome> {
+    rt.require_root()?;
+    let l = rt.store.try_lock(&opts.name)?;
+    let w = l.load()?;
+    let pid = w.running_pid()?;
+    let plan = plan(rt, opts, &w, pid)?;
+    let monitor = w.shim_pid.map(|p| (p, w.shim_start));
+    let out = dump_locked(rt, &l, w, plan, opts.no_preflight, events)?;
+    drop(l);
+    if !opts.leave_running {
+        if let Some((pid, start)) = monitor {
+            wait_old_monitor(pid, start);
+        }
+    }
+    Ok(out)
+}
+
+/// The steps of a dump, with the workload locked.
+pub fn dump_locked(rt: &Runtime, l: &Locked, mut w: Workload, mut plan: DumpPlan, no_preflight: bool, events: &dyn Events) -> Result<DumpOutcome> {
+    let images = plan.options.images.clone();
+    check_destination(&images)?;
+    let memory = if no_preflight { 0 } else { preflight_dump(&mut plan, &w, events)? };
+    let mut staging = Staging::create(&images, &l.dir)?;
+    let meta = Meta::new(&w, &plan.criu, plan.options.flags);
+    let mut marker = recovery::Marker::new(false);
+    marker.dump = Some(recovery::DumpMark { images: images.clone(), old: None, committed: false });
+    if let Err(e) = recovery::begin(&l.dir, &marker) {
+        staging.abandon(&rt.failed_dump_log(&w.name));
+        return Err(e);
+    }
+    let result = run_criu(&plan, &mut staging, &meta, &l.dir, memory, events);
+    events.done();
+    if let Err(e) = result {
+        let failed_log = rt.failed_dump_log(&w.name);
+        staging.abandon(&failed_log);
+        recovery::end(&l.dir);
+        return Err(criu_failure("dump", e, &failed_log));
+    }
+    if !staging.committed() {
+        // A CRIU without the post-dump notification: commit now.
+        staging.commit(&meta)?;
+    }
+    staging.finish();
+    let stats = ImageDir::new(&images).dump_stats().ok();
+    let mut meta = meta;
+    meta.stats = stats.clone();
+    meta.write(&images)?;
+    w.mark_dumped(images.clone(), plan.options.leave_running);
+    l.save(&w)?;
+    recovery::end(&l.dir);
+    Ok(DumpOutcome { name: w.name.clone(), images, stats })
+}
+
+/// The parent of the checkpoint exists (created 0700 when missing); the
+/// checkpoint itself is absent or an earlier cns checkpoint.
+fn check_destination(images: &Path) -> Result<()> {
+    let parent = images.parent().unwrap_or(Path::new("/"));
+    crate::files::mkdir_private(parent).with_context(|| format!("cannot create {}", parent.display()))?;
+    Ok(())
+}
+
+/// Pre-flight: refuses what would make CRIU fail and turns on the CRIU
+/// switches the tree needs. Returns the memory to dump, in bytes.
+fn preflight_dump(plan: &mut DumpPlan, w: &Workload, events: &dyn Events) -> Result<u64> {
+    let parent = plan.options.images.parent().unwrap_or(Path::new("/")).to_path_buf();
+    let needs = preflight::check_dump(plan.pid, plan.options.flags.shell_job, &parent);
+    for f in &needs.findings {
+        match f.severity {
+            Severity::Blocker => {
+                return Err(Error::new(ErrorKind::Blocked, format!("cannot dump {}: {} ({})", w.name, f.message, f.object)).with_hint(f.fix.clone()));
+            }
+            Severity::Warning => events.note(&format!("{}: {}", f.message, f.fix)),
+            Severity::Ok => {}
+        }
+    }
+    let o = &mut plan.options;
+    o.flags = o.flags.union(CriuFlags { tcp_established: needs.tcp_established, file_locks: needs.file_locks, ext_unix_sk: needs.ext_unix_sk, ..Default::default() });
+    o.tcp_skip_in_flight |= needs.tcp_skip_in_flight;
+    Ok(needs.memory_bytes)
+}
+
+/// CRIU's dump into the staging directory, committing at post-dump.
+fn run_criu(plan: &DumpPlan, staging: &mut Staging, meta: &Meta, state_dir: &Path, memory: u64, events: &dyn Events) -> Result<(), cns_engine::RpcError> {
+    let what = format!("dumping {}", plan.name);
+    events.stage(&what, &format!("freezing the tree (pid {})", plan.pid));
+    let dir = open_dir(&staging.dir).map_err(|e| cns_engine::RpcError::Protocol { op: "DUMP", what: e.one_line() })?;
+    let swrk = Swrk::start(&plan.criu.path, &[], criu_stderr(&staging.dir, "criu-stderr.log"))?;
+    recovery::set_criu(state_dir, swrk.pid() as i32);
+    let dirs = Dirs { images: Some(dir.as_fd()), work: Some(dir.as_fd()) };
+    swrk.dump(&plan.options, dirs, &mut |n: &Notify| {
+        match n.script.as_str() {
+            "pre-dump" => events.stage(&what, &format!("frozen, dumping memory ({} MiB)", memory >> 20)),
+            "post-dump" => {
+                // The images are complete and the tree not yet killed: commit
+                // the checkpoint now, so a cns killed from here on loses nothing.
+                events.stage(&what, "writing the images");
+                if let Err(e) = staging.commit(meta) {
+                    return NotifyAction::Abort(format!("cannot commit the checkpoint: {}", e.one_line()));
+                }
+            }
+            _ => {}
+        }
+        NotifyAction::Continue
+    })
+}
+
+/// The monitor records the end of the old tree (so it needs the lock,
+/// released by now) and exits, freeing published ports; an immediate
+/// restore must find them free.
+fn wait_old_monitor(pid: i32, start: Option<u64>) {
+    if pid != std::process::id() as i32 {
+        crate::process::monitor::wait_gone(pid, start, Duration::from_secs(5));
+    }
+}

@@ -1,0 +1,28 @@
+//! A CRIU failure as one sentence and the fix, read from CRIU's log.
+
+use std::fs;
+use std::path::Path;
+
+use crate::error::{Error, ErrorKind};
+
+/// Explains a failed CRIU `op` from its log.
+pub fn criu_failure(op: &str, err: cns_engine::RpcError, log: &Path) -> Error {
+    let text = fs::read_to_string(log).unwrap_or_default();
+    if let Some(e) = cns_engine::explain_log(&text) {
+        return Error::new(ErrorKind::Criu, format!("{op} failed: {} (CRIU log: {})", e.message, log.display())).with_hint(e.hint);
+    }
+    let first = cns_engine::explain::first_error(&text).unwrap_or_else(|| err.to_string());
+    Error::new(ErrorKind::Criu, format!("{op} failed: {first}")).with_hint(format!("see the CRIU log {}", log.display()))
+}
+
+/// A file in `dir` for CRIU's stderr (best effort).
+pub fn criu_stderr(dir: &Path, name: &str) -> Option<fs::File> {
+    fs::File::create(dir.join(name)).ok()
+}
+
+/// Opens a directory to hand to CRIU as an fd.
+pub fn open_dir(p: &Path) -> crate::error::Result<std::os::fd::OwnedFd> {
+    use crate::error::Context;
+    nix::fcntl::open(p, nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC, nix::sys::stat::Mode::empty())
+        .with_context(|| format!("cannot open {}", p.display()))
+}

@@ -1,0 +1,369 @@
+//! A restore: a pure [`plan`] (validate, decide the name, the address, the
+//! host interface and CRIU's options: no lease, no file, no lock) and an
+//! [`execute`] step that does it and undoes everything if any step fails.
+//! `--print-criu-cmdline` is the plan printed.
+
+use std::fs;
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+
+use cns_engine::preflight::{self, Severity};
+use cns_engine::{CriuFlags, CriuOptions, Dirs, ImageDir, Notify, NotifyAction, RestoreStats, Swrk};
+use cns_netns::LinkAddrs;
+
+use crate::checkpoint::STDIO_KEY;
+use crate::checkpoint::failure::{criu_failure, criu_stderr, open_dir};
+use crate::checkpoint::meta::{Meta, read_meta};
+use crate::error::{Error, ErrorKind, Result};
+use crate::net::{self, Rollback};
+use crate::process::monitor;
+use crate::recovery::{self, Marker};
+use crate::runtime::{Events, Runtime};
+use crate::workload::{Locked, NetConfig, NetMode, State, Workload, validate_name};
+
+/// What to restore and how.
+#[derive(Debug, Clone, Default)]
+pub struct RestoreOptions {
+    /// The checkpoint's name (with `images`: the name it was dumped under,
+    /// or the name to give it).
+    pub name: String,
+    /// Restore a copy under this name (the checkpoint is kept).
+    pub as_name: Option<String>,
+    /// Image directory (default: the checkpoint's recorded one).
+    pub images: Option<PathBuf>,
+    /// CRIU switches (the dump's own are added).
+    pub flags: CriuFlags,
+    /// A copy keeps the dumped address.
+    pub keep_ip: bool,
+    /// An in-place restore takes a fresh address.
+    pub new_ip: bool,
+    pub no_preflight: bool,
+    /// Memory the restore may use, in bytes, for the pre-flight.
+    pub memory_limit: Option<u64>,
+    /// Restore under a detached monitor instead of as the caller's child.
+    pub detach: bool,
+    /// Write the host PID of the restored root here.
+    pub pidfile: Option<PathBuf>,
+}
+
+/// A restored, running workload.
+#[derive(Debug, Clone)]
+pub struct Restored {
+    pub name: String,
+    pub pid: i32,
+    pub stats: Option<RestoreStats>,
+    pub log: PathBuf,
+    /// The log's size when the restore began (a foreground caller streams from here).
+    pub log_offset: u64,
+}
+
+/// Which address the restored workload gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Address {
+    /// No veth.
+    None,
+    /// The dumped address (in place, or a copy with `keep_ip`).
+    Keep(LinkAddrs),
+    /// A fresh lease from the pool (a copy, or `new_ip`).
+    Fresh,
+}
+
+/// Everything decided before anything is touched.
+#[derive(Debug, Clone)]
+pub struct RestorePlan {
+    pub new_name: String,
+    pub images: PathBuf,
+    pub meta: Meta,
+    /// Restoring under the checkpoint's own name.
+    pub in_place: bool,
+    pub address: Address,
+    pub host_if: Option<String>,
+    pub log: PathBuf,
+    pub criu: cns_engine::Criu,
+    pub options: CriuOptions,
+    pub pidfile: Option<PathBuf>,
+}
+
+impl RestorePlan {
+    /// The equivalent plain `criu restore` command line.
+    pub fn command_line(&self) -> String {
+        self.options.command_line(&self.criu.path, self.pidfile.as_deref()).join(" ")
+    }
+}
+
+fn running(name: &str) -> Error {
+    Error::new(ErrorKind::State, format!("workload {name} is running")).with_hint("dump or stop it first, or restore a copy with --as NEW")
+}
+
+/// Decides the restore. Reads the store and the checkpoint; changes nothing.
+pub fn plan(rt: &Runtime, opts: &RestoreOptions) -> Result<RestorePlan> {
+    validate_name(&opts.name)?;
+    if let Some(n) = &opts.as_name {
+        validate_name(n)?;
+    }
+    crate::files::check_pidfile(opts.pidfile.as_deref())?;
+    let new_name = opts.as_name.clone().unwrap_or_else(|| opts.name.clone());
+    if rt.store.get(&new_name).is_ok_and(|w| w.live_state() == State::Running) {
+        return Err(running(&new_name));
+    }
+    let images = match &opts.images {
+        Some(d) => d.clone(),
+        None => rt.store.get(&opts.name).ok().and_then(|w| w.images).unwrap_or_else(|| rt.default_images(&opts.name)),
+    };
+    ImageDir::new(&images).validate().map_err(|e| {
+        Error::new(ErrorKind::NotFound, format!("cannot restore {}: {e}", opts.name)).with_hint("dump it again, or point --images at a complete checkpoint")
+    })?;
+    let meta = read_meta(&images)?;
+    if meta.workload.name != opts.name && opts.as_name.is_none() && opts.images.is_some() {
+        return Err(Error::invalid(
+            format!("the images in {} belong to workload {}, not {}", images.display(), meta.workload.name, opts.name),
+            format!("restore it with --as {}, or under its own name {}", opts.name, meta.workload.name),
+        ));
+    }
+    let in_place = new_name == meta.workload.name;
+    if let Ok(w) = rt.store.get(&new_name) {
+        check_target(&w, &meta)?;
+    }
+    let (address, host_if) = match (meta.workload.net.mode, meta.workload.net.addrs) {
+        (NetMode::Veth, Some(a)) if (in_place && !opts.new_ip) || opts.keep_ip => (Address::Keep(a), Some(net::host_veth_name(&new_name))),
+        (NetMode::Veth, _) => (Address::Fresh, Some(net::host_veth_name(&new_name))),
+        _ => (Address::None, None),
+    };
+    let log = rt.store.paths.log_file(&new_name);
+    let mut o = CriuOptions::restore(&images, format!("restore-{new_name}.log"));
+    o.flags = opts.flags.union(meta.flags);
+    if let Some(h) = &host_if {
+        o.external.push(format!("veth[{}]:{h}", cns_netns::INNER_IF));
+    }
+    if meta.workload.stdio_mount.is_some() {
+        o.external.push(format!("mnt[{STDIO_KEY}]:{}", log.display()));
+    }
+    Ok(RestorePlan { new_name, images, meta, in_place, address, host_if, log, criu: rt.criu()?, options: o, pidfile: opts.pidfile.clone() })
+}
+
+/// Whether an existing record may be restored over.
+fn check_target(w: &Workload, meta: &Meta) -> Result<()> {
+    match w.live_state() {
+        State::Running => Err(running(&w.name)),
+        // A workload that exited (or crashed) rolls back to its own
+        // checkpoint in place; another name is not overwritten.
+        State::Exited | State::Created if w.name != meta.workload.name => Err(Error::new(
+            ErrorKind::Exists,
+            format!("a workload named {} already exists ({})", w.name, w.live_state()),
+        )
+        .with_hint(format!("remove it with `cns rm {}` or restore under another name with --as", w.name))),
+        _ => Ok(()),
+    }
+}
+
+/// Restores: plan, then execute.
+pub fn restore(rt: &Runtime, opts: &RestoreOptions, events: &dyn Events) -> Result<Restored> {
+    rt.require_root()?;
+    let plan = plan(rt, opts)?;
+    execute(rt, &plan, opts, events)
+}
+
+/// Does what `plan` decided. On failure nothing is left: no process,
+/// lease, veth, log or record of its own.
+pub fn execute(rt: &Runtime, plan: &RestorePlan, opts: &RestoreOptions, events: &dyn Events) -> Result<Restored> {
+    let existing = rt.store.exists(&plan.new_name);
+    let locked = if existing { rt.store.try_lock(&plan.new_name)? } else { rt.store.create(&plan.new_name)? };
+    let mut rollback = Rollback::new(rt, &plan.new_name);
+    let res = execute_locked(rt, plan, opts, &locked, existing, &mut rollback, events);
+    events.done();
+    match res {
+        Ok(r) => Ok(r),
+        Err(e) => {
+            rollback.run();
+            recovery::end(&locked.dir);
+            if !existing {
+                let _ = rt.store.remove(locked);
+                if !plan.in_place {
+                    let _ = fs::remove_file(&plan.log);
+                }
+            }
+            Err(e)
+        }
+    }
+}
+
+fn execute_locked(rt: &Runtime, plan: &RestorePlan, opts: &RestoreOptions, locked: &Locked, existing: bool, rollback: &mut Rollback<'_>, events: &dyn Events) -> Result<Restored> {
+    let mut record = if existing {
+        let w = locked.load()?;
+        check_target(&w, &plan.meta)?;
+        w
+    } else {
+        let mut w = plan.meta.workload.clone();
+        w.name = plan.new_name.clone();
+        w
+    };
+    let mut marker = Marker::new(!existing);
+    recovery::begin(&locked.dir, &marker)?;
+    let net = network(rt, plan, rollback)?;
+    marker.lease = if plan.in_place { None } else { rollback.lease };
+    marker.host_if = net.host_if.clone();
+    marker.log = (!plan.in_place).then(|| plan.log.clone());
+    recovery::begin(&locked.dir, &marker)?;
+    prepare_stdio(plan)?;
+    if !opts.no_preflight {
+        preflight_restore(plan, opts)?;
+    }
+    let published = crate::net::publish::bind(&net)?;
+    // The copy's log must exist: CRIU bind-mounts it as the workload's stdio.
+    let log_offset = if plan.in_place { fs::metadata(&plan.log).map(|m| m.len()).unwrap_or(0) } else { 0 };
+    drop(crate::files::create_private_file(&plan.log, !plan.in_place)?);
+    events.stage(&format!("restoring {}", plan.new_name), &format!("restoring {} MiB of memory", ImageDir::new(&plan.images).page_bytes().unwrap_or(0) >> 20));
+    let (pid, shim) = start(rt, plan, &net, published, &locked.dir, opts.detach, locked.lock_fd())?;
+    let stats = ImageDir::new(&plan.images).restore_stats().ok();
+    record.net = net;
+    record.log = plan.log.clone();
+    record.mark_running(pid, shim);
+    record.images = Some(plan.images.clone());
+    record.restored_from = Some(plan.meta.workload.name.clone());
+    locked.save(&record)?;
+    recovery::end(&locked.dir);
+    remember_restore(plan, stats.as_ref());
+    if let Some(p) = &opts.pidfile {
+        // An adopted tree's root is a child of the pid namespace's init.
+        let root = if plan.meta.workload.adopted { crate::process::stat::first_child(pid).unwrap_or(pid) } else { pid };
+        crate::files::write_pidfile(p, root)?;
+    }
+    Ok(Restored { name: plan.new_name.clone(), pid, stats, log: plan.log.clone(), log_offset })
+}
+
+/// Leases the address and clears the host interface name. In place keeps
+/// address and host name; a copy gets its own.
+fn network(rt: &Runtime, plan: &RestorePlan, rollback: &mut Rollback<'_>) -> Result<NetConfig> {
+    let mut net = plan.meta.workload.net.clone();
+    net.host_if = plan.host_if.clone();
+    match plan.address {
+        Address::None => return Ok(net),
+        Address::Keep(a) => {
+            rt.leases().take(&plan.new_name, &a).map_err(|e| {
+                let hint = if plan.in_place { "restore it with --new-ip (established connections are lost)" } else { "restore the copy without --keep-ip" };
+                Error::invalid(e.to_string(), hint)
+            })?;
+            if !plan.in_place {
+                rollback.lease = Some(a);
+            }
+        }
+        Address::Fresh => {
+            let p = net::NetPlan { mode: NetMode::Veth, ip: None, publish: vec![] };
+            net.addrs = net::lease(rt, &plan.new_name, &p)?;
+            rollback.lease = net.addrs;
+            net.publish.clear();
+        }
+    }
+    if let Some(h) = &net.host_if {
+        if let Ok(nl) = cns_netns::Netlink::new() {
+            if plan.in_place {
+                // The dumped tree's host end may linger (its netns dies asynchronously).
+                let _ = nl.delete_link(h);
+            } else if nl.link_index(h)?.is_some() {
+                return Err(Error::new(ErrorKind::Exists, format!("host interface {h} already exists")).with_hint("remove the interface or the workload that owns it"));
+            }
+        }
+    }
+    // A failed restore leaves no veth, in place or not (CRIU's own cleanup
+    // is asynchronous: the netns dies after the restorees).
+    rollback.host_if = net.host_if.clone();
+    Ok(net)
+}
+
+/// The log's mountpoint must exist in the restored root (the host's /) for
+/// pre-flight and for CRIU.
+fn prepare_stdio(plan: &RestorePlan) -> Result<()> {
+    if let Some(m) = &plan.meta.workload.stdio_mount {
+        drop(crate::files::create_private_file(m, false)?);
+    }
+    Ok(())
+}
+
+fn preflight_restore(plan: &RestorePlan, opts: &RestoreOptions) -> Result<()> {
+    let links = cns_netns::Netlink::new().and_then(|n| n.link_names()).unwrap_or_default();
+    let host_if = if plan.in_place { None } else { plan.host_if.as_deref() };
+    for f in preflight::check_image(&ImageDir::new(&plan.images), opts.memory_limit, host_if, &links) {
+        if f.severity == Severity::Blocker {
+            return Err(Error::new(ErrorKind::Blocked, format!("cannot restore {}: {} ({})", opts.name, f.message, f.object)).with_hint(f.fix.clone()));
+        }
+    }
+    Ok(())
+}
+
+/// Runs CRIU, in a detached monitor or as the caller's child. Returns the
+/// restored root and the monitor (the caller itself in the foreground).
+fn start(rt: &Runtime, plan: &RestorePlan, net: &NetConfig, published: crate::net::publish::Published, state_dir: &Path, detach: bool, lock_fd: i32) -> Result<(i32, i32)> {
+    let mut published = Some(published);
+    let mut work = || {
+        let pid = run_criu(plan, net, state_dir)?;
+        if let Some(p) = published.take() {
+            p.serve(net);
+        }
+        Ok(pid)
+    };
+    if !detach {
+        return Ok((work()?, std::process::id() as i32));
+    }
+    let store = rt.store.clone();
+    let name = plan.new_name.clone();
+    let mut on_exit = |pid: i32, code: i32| store.record_exit(&name, pid, code);
+    let (report, monitor) = monitor::spawn_detached(lock_fd, &mut work, &mut on_exit)?;
+    Ok((report.into_result(ErrorKind::Criu)?, monitor))
+}
+
+/// The checkpoint remembers its last restore (for `cns inspect`).
+fn remember_restore(plan: &RestorePlan, stats: Option<&RestoreStats>) {
+    if let Some(s) = stats {
+        let mut m = plan.meta.clone();
+        m.last_restore = Some(s.clone());
+        let _ = m.write(&plan.images);
+    }
+}
+
+/// The CRIU restore; the restored root becomes a child of the caller.
+fn run_criu(plan: &RestorePlan, net: &NetConfig, state_dir: &Path) -> Result<i32> {
+    if plan.meta.workload.adopted {
+        return crate::checkpoint::adopt::restore_host_tree(&plan.criu.path, &plan.images, plan.options.flags);
+    }
+    let dir = open_dir(&plan.images)?;
+    let log_path = plan.images.join(&plan.options.log_file);
+    let move_address = net.addrs != plan.meta.workload.net.addrs;
+    let mut hook_err: Option<String> = None;
+    let swrk = Swrk::start(&plan.criu.path, &[], criu_stderr(&plan.images, &format!("criu-stderr-{}.log", plan.new_name)))?;
+    recovery::set_criu(state_dir, swrk.pid() as i32);
+    let dirs = Dirs { images: Some(dir.as_fd()), work: Some(dir.as_fd()) };
+    let res = swrk.restore(&plan.options, dirs, &[], &mut |n: &Notify| {
+        if n.script == "setup-namespaces" {
+            if let Some(pid) = n.pid {
+                recovery::set_root(state_dir, pid);
+            }
+        }
+        if n.script != "post-restore" {
+            return NotifyAction::Continue;
+        }
+        match configure_network(net, move_address, n.pid) {
+            Ok(()) => NotifyAction::Continue,
+            Err(e) => {
+                hook_err = Some(e.to_string());
+                NotifyAction::Abort(format!("network setup: {e}"))
+            }
+        }
+    });
+    res.map_err(|e| match hook_err {
+        Some(h) => Error::new(ErrorKind::Criu, format!("restore failed while configuring the network: {h}")).with_hint(format!("see {}", log_path.display())),
+        None => criu_failure("restore", e, &log_path),
+    })
+}
+
+/// At post-restore: the host end gets its address; a workload that moved
+/// to a new address gets it inside too.
+fn configure_network(net: &NetConfig, move_address: bool, pid: Option<i32>) -> Result<(), cns_netns::NetError> {
+    let (Some(host_if), Some(addrs)) = (&net.host_if, &net.addrs) else { return Ok(()) };
+    let nl = cns_netns::Netlink::new()?;
+    cns_netns::configure_host_end(&nl, host_if, addrs)?;
+    if let (true, Some(pid)) = (move_address, pid) {
+        let inner = cns_netns::Netlink::for_pid(pid)?;
+        cns_netns::configure_inside(&inner, Some(addrs))?;
+    }
+    Ok(())
+}

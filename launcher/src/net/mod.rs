@@ -1,0 +1,108 @@
+//! The launcher's side of networking: turning options into a plan, leasing
+//! the address, creating the host end of the veth, and undoing it all.
+
+pub mod names;
+pub mod publish;
+
+use cns_netns::{LinkAddrs, Netlink};
+
+use crate::error::{Context, Error, Result};
+use crate::runtime::Runtime;
+use crate::workload::{NetConfig, NetMode};
+
+pub use names::host_veth_name;
+
+/// What the network options asked for, validated.
+#[derive(Debug, Clone)]
+pub struct NetPlan {
+    pub mode: NetMode,
+    pub ip: Option<LinkAddrs>,
+    pub publish: Vec<(u16, u16)>,
+}
+
+/// Parses `-p HOSTPORT:PORT`.
+pub fn parse_publish(p: &str) -> Result<(u16, u16)> {
+    let parsed = p.split_once(':').and_then(|(h, c)| Some((h.parse::<u16>().ok()?, c.parse::<u16>().ok()?)));
+    match parsed {
+        Some((h, c)) if h != 0 && c != 0 => Ok((h, c)),
+        _ => Err(Error::invalid(format!("invalid port mapping {p:?}"), "use -p HOSTPORT:PORT, e.g. -p 8080:80")),
+    }
+}
+
+/// Validates the network options.
+pub fn plan(mode: NetMode, ip: Option<&str>, publish: &[String]) -> Result<NetPlan> {
+    if mode == NetMode::Host {
+        return Err(Error::invalid("host networking is only for adopted trees", "use --net veth (default) or --net none"));
+    }
+    if mode == NetMode::None && (ip.is_some() || !publish.is_empty()) {
+        return Err(Error::invalid("--net none gives the workload only lo: --ip and -p need a veth", "drop --ip/-p, or use --net veth"));
+    }
+    let ip = ip.map(cns_netns::lease::parse_ip).transpose().map_err(|e| Error::invalid(e.to_string(), "e.g. --ip 10.88.7.2/30"))?;
+    let publish = publish.iter().map(|p| parse_publish(p)).collect::<Result<Vec<_>>>()?;
+    Ok(NetPlan { mode, ip, publish })
+}
+
+/// Leases the workload's address (none without a veth).
+pub fn lease(rt: &Runtime, name: &str, plan: &NetPlan) -> Result<Option<LinkAddrs>> {
+    if plan.mode != NetMode::Veth {
+        return Ok(None);
+    }
+    let store = rt.leases();
+    let lease = match &plan.ip {
+        Some(a) => store.take(name, a).map_err(|e| Error::invalid(e.to_string(), "pick another --ip, or leave it out to get a free one"))?,
+        None => store.allocate(&rt.pool()?, name).map_err(|e| Error::invalid(e.to_string(), "remove old workloads or set a larger address_pool"))?,
+    };
+    Ok(Some(lease.addrs))
+}
+
+/// Creates the veth pair for the workload whose root is `pid`: the host end
+/// named `net.host_if` with the host address, `eth0` in the workload's netns.
+pub fn attach(net: &NetConfig, pid: i32) -> Result<()> {
+    let (Some(host_if), Some(addrs)) = (&net.host_if, &net.addrs) else { return Ok(()) };
+    let nl = Netlink::new().context("netlink")?;
+    // A stale host end of an earlier run of this name (the netns of a dumped
+    // tree is torn down asynchronously).
+    let _ = nl.delete_link(host_if);
+    nl.create_veth(host_if, cns_netns::INNER_IF, pid)
+        .map_err(|e| Error::wrap(format!("cannot create veth {host_if}"), e).with_hint("is the veth module available (CONFIG_VETH)?"))?;
+    cns_netns::configure_host_end(&nl, host_if, addrs).with_context(|| format!("cannot configure {host_if}"))?;
+    Ok(())
+}
+
+/// Removes a host interface, if it is there.
+pub fn delete_link(host_if: &str) {
+    if let Ok(nl) = Netlink::new() {
+        let _ = nl.delete_link(host_if);
+    }
+}
+
+/// Removes the host end of a workload's veth, if it is there.
+pub fn delete_host_end(net: &NetConfig) {
+    if let Some(h) = &net.host_if {
+        delete_link(h);
+    }
+}
+
+/// Undo list for a failed run or restore.
+#[derive(Debug)]
+pub struct Rollback<'a> {
+    rt: &'a Runtime,
+    name: String,
+    pub lease: Option<LinkAddrs>,
+    pub host_if: Option<String>,
+}
+
+impl<'a> Rollback<'a> {
+    pub fn new(rt: &'a Runtime, name: &str) -> Rollback<'a> {
+        Rollback { rt, name: name.to_string(), lease: None, host_if: None }
+    }
+
+    pub fn run(&mut self) {
+        if let Some(h) = self.host_if.take() {
+            delete_link(&h);
+        }
+        if let Some(a) = self.lease.take() {
+            let _ = self.rt.leases().release(&self.name, &a);
+        }
+    }
+}

@@ -1,0 +1,225 @@
+//! `run`: validate everything, then start the workload in fresh
+//! namespaces (process/spawn.rs), under a detached monitor or as the
+//! caller's child.
+
+use std::path::PathBuf;
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::net::{self, NetPlan, Rollback};
+use crate::process::monitor;
+use crate::process::security::{self, CapDrop};
+use crate::process::spawn::{self, Spec};
+use crate::recovery::{self, Marker};
+use crate::runtime::Runtime;
+use crate::workload::{Locked, NetConfig, NetMode, State, Workload, generate_name, validate_name};
+
+/// What to start.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Workload name (default: generated).
+    pub name: Option<String>,
+    pub command: Vec<String>,
+    /// `K=V` pairs.
+    pub env: Vec<String>,
+    pub cwd: Option<PathBuf>,
+    /// Hostname inside (default: the name).
+    pub hostname: Option<String>,
+    /// Capabilities to drop (`CAP_NET_RAW`, `net_raw`, `all`).
+    pub cap_drop: Vec<String>,
+    /// A seccompiler JSON filter.
+    pub seccomp: Option<PathBuf>,
+    pub net: NetMode,
+    /// `A.B.C.D[/30|/31]`.
+    pub ip: Option<String>,
+    /// `HOSTPORT:PORT`.
+    pub publish: Vec<String>,
+    /// Start under a detached monitor instead of as the caller's child.
+    pub detach: bool,
+    pub pidfile: Option<PathBuf>,
+}
+
+impl RunOptions {
+    /// Options for `command` with every default.
+    pub fn new(command: Vec<String>) -> RunOptions {
+        RunOptions {
+            name: None,
+            command,
+            env: vec![],
+            cwd: None,
+            hostname: None,
+            cap_drop: vec![],
+            seccomp: None,
+            net: NetMode::Veth,
+            ip: None,
+            publish: vec![],
+            detach: false,
+            pidfile: None,
+        }
+    }
+}
+
+/// A started workload.
+#[derive(Debug, Clone)]
+pub struct Started {
+    pub name: String,
+    pub pid: i32,
+    pub log: PathBuf,
+}
+
+/// Parses `K=V` pairs.
+pub fn parse_env(values: &[String]) -> Result<Vec<(String, String)>> {
+    values
+        .iter()
+        .map(|kv| match kv.split_once('=') {
+            Some((k, v)) if !k.is_empty() && !k.contains('\0') && !v.contains('\0') => Ok((k.to_string(), v.to_string())),
+            _ => Err(Error::invalid(format!("invalid --env {kv:?}"), "use --env NAME=VALUE")),
+        })
+        .collect()
+}
+
+/// The options, validated before anything changes on the machine.
+struct Checked {
+    name: String,
+    env: Vec<(String, String)>,
+    hostname: String,
+    cap_drop: CapDrop,
+    seccomp: Option<seccompiler::BpfProgram>,
+    net: NetPlan,
+}
+
+fn check(opts: &RunOptions) -> Result<Checked> {
+    let name = match &opts.name {
+        Some(n) => {
+            validate_name(n)?;
+            n.clone()
+        }
+        None => generate_name(),
+    };
+    if opts.command.is_empty() {
+        return Err(Error::invalid("no command to run", "give it after --, e.g. cns run -- sleep 10"));
+    }
+    let env = parse_env(&opts.env)?;
+    let cap_drop = security::parse_cap_drop(&opts.cap_drop)?;
+    let seccomp = opts.seccomp.as_deref().map(security::compile_seccomp).transpose()?;
+    let hostname = opts.hostname.clone().unwrap_or_else(|| name.clone());
+    if hostname.is_empty() || hostname.len() > 64 {
+        return Err(Error::invalid(format!("invalid hostname {hostname:?}"), "use 1-64 characters"));
+    }
+    if let Some(cwd) = opts.cwd.as_ref().filter(|c| !c.is_absolute()) {
+        return Err(Error::invalid(format!("--cwd {} is not absolute", cwd.display()), "give an absolute path"));
+    }
+    let net = net::plan(opts.net, opts.ip.as_deref(), &opts.publish)?;
+    crate::files::check_pidfile(opts.pidfile.as_deref())?;
+    Ok(Checked { name, env, hostname, cap_drop, seccomp, net })
+}
+
+/// Starts a workload.
+pub fn run(rt: &Runtime, opts: &RunOptions) -> Result<Started> {
+    let c = check(opts)?;
+    rt.require_root()?;
+    let locked = rt.store.create(&c.name)?;
+    let mut rollback = Rollback::new(rt, &c.name);
+    match start_locked(rt, opts, &c, &locked, &mut rollback) {
+        Ok(s) => Ok(s),
+        Err(e) => {
+            rollback.run();
+            let _ = rt.store.remove(locked);
+            let _ = std::fs::remove_file(rt.store.paths.log_file(&c.name));
+            Err(e)
+        }
+    }
+}
+
+fn start_locked(rt: &Runtime, opts: &RunOptions, c: &Checked, locked: &Locked, rollback: &mut Rollback<'_>) -> Result<Started> {
+    let name = &c.name;
+    let mut marker = Marker::new(true);
+    recovery::begin(&locked.dir, &marker)?;
+    let lease = net::lease(rt, name, &c.net)?;
+    rollback.lease = lease;
+    let host_if = lease.as_ref().map(|_| net::host_veth_name(name));
+    let log = rt.store.paths.log_file(name);
+    marker.lease = lease;
+    marker.host_if = host_if.clone();
+    marker.log = Some(log.clone());
+    recovery::begin(&locked.dir, &marker)?;
+    crate::files::create_private_file(&log, true)?;
+    let stdio_mount = rt.store.paths.stdio_mount();
+    drop(crate::files::create_private_file(&stdio_mount, false)?);
+    let mut w = Workload {
+        name: name.clone(),
+        command: opts.command.clone(),
+        env: opts.env.clone(),
+        cwd: opts.cwd.clone(),
+        hostname: c.hostname.clone(),
+        created: crate::files::now(),
+        state: State::Created,
+        pid: None,
+        pid_start: None,
+        shim_pid: None,
+        shim_start: None,
+        exit_code: None,
+        log: log.clone(),
+        stdio_mount: Some(stdio_mount.clone()),
+        net: NetConfig { mode: c.net.mode, host_if, addrs: lease, publish: c.net.publish.clone() },
+        cap_drop: opts.cap_drop.clone(),
+        seccomp: opts.seccomp.clone(),
+        images: None,
+        adopted: false,
+        restored_from: None,
+        namespaces: Default::default(),
+    };
+    locked.save(&w)?;
+    let spec = Spec {
+        command: opts.command.clone(),
+        env: c.env.clone(),
+        cwd: opts.cwd.clone(),
+        hostname: c.hostname.clone(),
+        log: log.clone(),
+        stdio_mount,
+        cap_drop: c.cap_drop.clone(),
+        seccomp: c.seccomp.clone(),
+        net: w.net.addrs,
+        init_binary: spawn::init_binary(&rt.store.paths.lib)?,
+    };
+    let (pid, monitor) = launch(rt, &spec, &w.net, locked, opts.detach)?;
+    w.mark_running(pid, monitor);
+    locked.save(&w)?;
+    recovery::end(&locked.dir);
+    if let Some(p) = &opts.pidfile {
+        crate::files::write_pidfile(p, pid)?;
+    }
+    Ok(Started { name: name.clone(), pid, log })
+}
+
+/// Starts the tree, in a detached monitor or as the caller's child, and
+/// serves its published ports. Returns the root and its monitor.
+fn launch(rt: &Runtime, spec: &Spec, net: &NetConfig, locked: &Locked, detach: bool) -> Result<(i32, i32)> {
+    let mut published = Some(crate::net::publish::bind(net)?);
+    let mut before_go = |pid: i32| net::attach(net, pid);
+    let state_dir = locked.dir.clone();
+    let mut work = || -> Result<i32> {
+        let pid = spawn::start(spec, &mut before_go)?;
+        recovery::set_root(&state_dir, pid);
+        if let Some(p) = published.take() {
+            p.serve(net);
+        }
+        Ok(pid)
+    };
+    if !detach {
+        return Ok((work()?, std::process::id() as i32));
+    }
+    let store = rt.store.clone();
+    let name = locked.name.clone();
+    let mut on_exit = |pid: i32, code: i32| store.record_exit(&name, pid, code);
+    let (report, monitor) = monitor::spawn_detached(locked.lock_fd(), &mut work, &mut on_exit)?;
+    Ok((report.into_result(ErrorKind::Start)?, monitor))
+}
+
+/// Foreground: streams the workload's log to `out` from `offset`, forwards
+/// signals to its root (a child of this process), records its exit and
+/// returns its exit code.
+pub fn wait_foreground(rt: &Runtime, name: &str, pid: i32, log: &std::path::Path, offset: u64, out: &mut dyn std::io::Write) -> i32 {
+    let code = monitor::foreground(pid, log, offset, out);
+    rt.store.record_exit(name, pid, code);
+    code
+}

@@ -1,0 +1,370 @@
+//! The run path: clone into fresh namespaces and set the child up so that
+//! CRIU can dump it at any moment.
+//!
+//! Process layout of a workload:
+//!
+//! ```text
+//! monitor (host side: `cns run` in the foreground, or a detached monitor)
+//!  └─ init    PID 1 of the new pid ns: a small cns init (session leader,
+//!     │       reaps zombies, forwards signals, exits with CMD's status)
+//!     └─ CMD  PID 2: the user's command
+//! ```
+//!
+//! The monitor is outside the namespaces and is never part of a dump; the
+//! dumped tree is init and everything below it.
+
+use std::ffi::CString;
+use std::io::Write;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::path::PathBuf;
+
+use nix::sched::CloneFlags;
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::wait::waitpid;
+use nix::unistd::ForkResult;
+use seccompiler::BpfProgram;
+
+use crate::error::{EXIT_CANNOT_EXEC, EXIT_CNS, EXIT_NOT_FOUND, Error, ErrorKind};
+use crate::process::init::{forwarded_signals, init_loop};
+use crate::process::report::Report;
+use crate::process::security::CapDrop;
+
+/// Everything the child needs, prepared and validated by the caller.
+#[derive(Debug)]
+pub struct Spec {
+    pub command: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub cwd: Option<PathBuf>,
+    pub hostname: String,
+    pub log: PathBuf,
+    /// An existing empty file: the log is bind-mounted onto it inside the
+    /// mount ns and stdout/stderr are opened through it.
+    pub stdio_mount: PathBuf,
+    pub cap_drop: CapDrop,
+    pub seccomp: Option<BpfProgram>,
+    /// Inner end of the veth (host end created by the caller's `before_go`).
+    pub net: Option<cns_netns::LinkAddrs>,
+    /// The binary init re-executes as (see [`init_binary`]).
+    pub init_binary: PathBuf,
+}
+
+/// The binary the workload's init runs: a copy of this cns binary under the
+/// lib dir, named by its size and mtime. A checkpoint refers to the init's
+/// binary by path and size, so a copy that never changes keeps old
+/// checkpoints restorable after cns itself is rebuilt or upgraded.
+pub fn init_binary(lib: &std::path::Path) -> crate::error::Result<PathBuf> {
+    use crate::error::Context;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let exe = std::fs::read_link("/proc/self/exe").context("cannot find the cns binary")?;
+    let m = std::fs::metadata(&exe).context("cannot stat the cns binary")?;
+    let dir = lib.join("bin");
+    let path = dir.join(format!("cns-init-{}-{}-{}", env!("CARGO_PKG_VERSION"), m.size(), m.mtime()));
+    if path.exists() {
+        return Ok(path);
+    }
+    crate::files::mkdir_private(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let tmp = dir.join(format!(".init.{}", std::process::id()));
+    std::fs::copy(&exe, &tmp).with_context(|| format!("cannot copy {} to {}", exe.display(), tmp.display()))?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o700)).context("cannot set the mode of the init copy")?;
+    // link(2), not rename(2): a concurrent cns may have installed the same
+    // copy meanwhile, and replacing it would leave its running inits mapping
+    // a deleted file (which CRIU then has to carry as a ghost).
+    let r = std::fs::hard_link(&tmp, &path);
+    let _ = std::fs::remove_file(&tmp);
+    match r {
+        Ok(()) => Ok(path),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(path),
+        Err(e) => Err(Error::wrap(format!("cannot install {}", path.display()), e)),
+    }
+}
+
+/// A failed setup step in the child, reported to the parent.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, thiserror::Error)]
+#[error("{step} failed: {message}")]
+pub struct StepError {
+    pub step: String,
+    pub message: String,
+    pub errno: Option<i32>,
+    pub hint: String,
+    /// Exit status to use (125 setup, 126 cannot exec, 127 not found).
+    pub status: i32,
+}
+
+impl StepError {
+    fn new(step: &str, err: impl std::fmt::Display, errno: Option<i32>, hint: &str) -> StepError {
+        StepError { step: step.into(), message: err.to_string(), errno, hint: hint.into(), status: EXIT_CNS }
+    }
+}
+
+/// Failures of `start`.
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    #[error("cannot create a pipe: {0}")]
+    Pipe(nix::Error),
+    #[error("cannot create a time namespace: {0}")]
+    TimeNs(nix::Error),
+    #[error("cannot clone into new namespaces: {0}")]
+    Clone(nix::Error),
+    #[error("{0}")]
+    Parent(Error),
+    #[error(transparent)]
+    Child(StepError),
+}
+
+impl SpawnError {
+    pub fn hint(&self) -> String {
+        match self {
+            SpawnError::Clone(nix::Error::EPERM) | SpawnError::TimeNs(nix::Error::EPERM) => {
+                "cns must run as root (CAP_SYS_ADMIN) to create namespaces".into()
+            }
+            SpawnError::Clone(nix::Error::ENOSPC) => {
+                "a namespace limit is reached: see /proc/sys/user/max_*_namespaces".into()
+            }
+            SpawnError::Clone(nix::Error::EINVAL) => "the kernel lacks one of the namespaces (pid, mnt, net, uts, ipc)".into(),
+            SpawnError::TimeNs(_) => "the kernel needs CONFIG_TIME_NS".into(),
+            SpawnError::Child(s) => s.hint.clone(),
+            _ => "run with -v for details".into(),
+        }
+    }
+}
+
+impl From<SpawnError> for Error {
+    fn from(e: SpawnError) -> Error {
+        let status = match &e {
+            SpawnError::Child(s) => s.status,
+            _ => EXIT_CNS,
+        };
+        let hint = e.hint();
+        let message = match &e {
+            SpawnError::Child(s) if s.step.is_empty() => s.message.clone(),
+            other => other.to_string(),
+        };
+        Error::new(ErrorKind::Start, format!("cannot start the workload: {message}")).with_hint(hint).with_status(status)
+    }
+}
+
+/// Namespaces every workload gets (time is added with unshare(2) before the
+/// clone: CLONE_NEWTIME does not fit in clone(2)'s flags).
+pub fn namespace_flags() -> CloneFlags {
+    CloneFlags::CLONE_NEWPID
+        | CloneFlags::CLONE_NEWNS
+        | CloneFlags::CLONE_NEWNET
+        | CloneFlags::CLONE_NEWUTS
+        | CloneFlags::CLONE_NEWIPC
+}
+
+fn pipe() -> Result<(OwnedFd, OwnedFd), SpawnError> {
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(SpawnError::Pipe)
+}
+
+/// Creates the namespaces and starts init and CMD. `before_go` runs in the
+/// parent once the child exists (its host PID given) and before the child
+/// sets itself up: it creates the host end of the veth and writes pidfiles.
+/// Returns the host PID of init once CMD has been exec'd.
+pub fn start(spec: &Spec, before_go: &mut dyn FnMut(i32) -> crate::error::Result<()>) -> Result<i32, SpawnError> {
+    let (go_r, go_w) = pipe()?;
+    let (rep_r, rep_w) = pipe()?;
+    nix::sched::unshare(CloneFlags::from_bits_retain(libc::CLONE_NEWTIME)).map_err(SpawnError::TimeNs)?;
+    match crate::process::clone::fork_into(namespace_flags()).map_err(SpawnError::Clone)? {
+        ForkResult::Child => {
+            drop(go_w);
+            drop(rep_r);
+            child_main(spec, go_r, rep_w)
+        }
+        ForkResult::Parent { child } => {
+            drop(go_r);
+            drop(rep_w);
+            let pid = child.as_raw();
+            if let Err(e) = before_go(pid) {
+                let _ = nix::sys::signal::kill(child, Signal::SIGKILL);
+                let _ = waitpid(child, None);
+                return Err(SpawnError::Parent(e));
+            }
+            let mut go = std::fs::File::from(go_w);
+            let _ = go.write_all(b"g");
+            drop(go);
+            // Nothing comes back when CMD was exec'd (the pipe is close-on-exec).
+            let Some(report) = Report::receive(rep_r) else { return Ok(pid) };
+            let _ = nix::sys::signal::kill(child, Signal::SIGKILL);
+            let _ = waitpid(child, None);
+            match report {
+                Report::Started { .. } => Ok(pid),
+                Report::Failed { message, hint, status } => {
+                    Err(SpawnError::Child(StepError { step: String::new(), message, errno: None, hint, status }))
+                }
+            }
+        }
+    }
+}
+
+fn report_and_exit(rep: RawFd, err: StepError) -> ! {
+    let status = err.status;
+    // SAFETY: rep is the report pipe's write end, still open here and owned
+    // by nothing else in this child.
+    let fd = unsafe { OwnedFd::from_raw_fd(rep) };
+    Report::Failed { message: err.to_string(), hint: err.hint.clone(), status }.send(fd);
+    // SAFETY: _exit never returns and runs no destructors of the parent's state.
+    unsafe { libc::_exit(status) }
+}
+
+fn errno_of(e: &nix::Error) -> Option<i32> {
+    Some(*e as i32)
+}
+
+/// The whole setup of the workload, in order, inside the new namespaces.
+fn setup_namespace(spec: &Spec, go: OwnedFd) -> Result<(), StepError> {
+    // 0. Wait until the parent has put the veth in place.
+    let mut b = [0u8; 1];
+    let n = nix::unistd::read(&go, &mut b).unwrap_or(0);
+    drop(go);
+    if n != 1 {
+        return Err(StepError::new("waiting for the parent", "the parent went away", None, "run with -v"));
+    }
+    // 1. A session of its own: CRIU needs the session leader inside the tree.
+    nix::unistd::setsid().map_err(|e| StepError::new("setsid", e, errno_of(&e), "should not happen in a fresh pid ns"))?;
+    // 2. Mounts: private propagation, host nsfs mounts gone, fresh /proc, private /dev/shm.
+    cns_mounts::prepare_namespace().map_err(|e| {
+        let errno = e.errno().map(|x| x as i32);
+        let hint = e.hint();
+        StepError::new("mount namespace setup", e, errno, hint)
+    })?;
+    // 3. Hostname.
+    nix::unistd::sethostname(&spec.hostname)
+        .map_err(|e| StepError::new("sethostname", e, errno_of(&e), "hostnames are at most 64 bytes"))?;
+    // 4. Network: lo up (CRIU needs it), eth0 address and default route.
+    let nl = cns_netns::Netlink::new().map_err(|e| StepError::new("netlink", e, None, "is the kernel built with CONFIG_NET?"))?;
+    cns_netns::configure_inside(&nl, spec.net.as_ref())
+        .map_err(|e| StepError::new("network setup", &e, e.raw_os_error(), "check that the veth reached the namespace"))?;
+    drop(nl);
+    // 5. stdio, opened inside the new mount namespace: stdin /dev/null,
+    //    stdout/stderr the log. Nothing may point into the host's mount ns.
+    //    The log is reached through a bind mount of its own, which the dump
+    //    records as external and a restore maps to each copy's log.
+    cns_mounts::bind_file(&spec.log, &spec.stdio_mount).map_err(|e| {
+        let errno = e.errno().map(|x| x as i32);
+        StepError::new("bind-mount the log", e, errno, "check the cns lib directory")
+    })?;
+    open_stdio(&spec.stdio_mount)?;
+    Ok(())
+}
+
+fn open_stdio(log: &std::path::Path) -> Result<(), StepError> {
+    use nix::fcntl::{OFlag, open};
+    use nix::sys::stat::Mode;
+    let null = open("/dev/null", OFlag::O_RDWR, Mode::empty())
+        .map_err(|e| StepError::new("open /dev/null", e, errno_of(&e), "the namespace needs /dev/null"))?;
+    // O_WRONLY|O_APPEND: CRIU then skips its size check on restore, so a log
+    // that grew after a --leave-running dump restores fine.
+    let out = open(log, OFlag::O_WRONLY | OFlag::O_APPEND, Mode::empty())
+        .map_err(|e| StepError::new(&format!("open log {}", log.display()), e, errno_of(&e), "check the log directory"))?;
+    for (src, dst) in [(null.as_raw_fd(), 0), (out.as_raw_fd(), 1), (out.as_raw_fd(), 2)] {
+        // SAFETY: dup2 on fds we own onto the standard fd numbers.
+        if unsafe { libc::dup2(src, dst) } < 0 {
+            let e = nix::Error::last();
+            return Err(StepError::new("dup2 stdio", e, errno_of(&e), ""));
+        }
+    }
+    Ok(())
+}
+
+/// Marks (or closes) every fd >= `from`.
+pub fn close_fds_from(from: u32, cloexec_only: bool) {
+    let flags = if cloexec_only { libc::CLOSE_RANGE_CLOEXEC } else { 0 };
+    // SAFETY: close_range only affects this process's fd table.
+    let r = unsafe { libc::syscall(libc::SYS_close_range, from, u32::MAX, flags) };
+    if r != 0 {
+        // Pre-5.9 kernels: close one by one.
+        for fd in from..4096 {
+            // SAFETY: closing or flagging an fd number; EBADF is harmless.
+            unsafe {
+                if cloexec_only {
+                    libc::fcntl(fd as i32, libc::F_SETFD, libc::FD_CLOEXEC);
+                } else {
+                    libc::close(fd as i32);
+                }
+            }
+        }
+    }
+}
+
+fn child_main(spec: &Spec, go: OwnedFd, rep: OwnedFd) -> ! {
+    let rep_raw = rep.as_raw_fd();
+    std::mem::forget(rep);
+    if let Err(e) = setup_namespace(spec, go) {
+        report_and_exit(rep_raw, e);
+    }
+    // 6. Every inherited fd: close-on-exec now (the report pipe must live
+    //    until CMD's exec), closed for good in init right after the fork.
+    close_fds_from(3, true);
+    // 7. Signals are blocked before the fork so none is lost; CMD unblocks.
+    let sigs = forwarded_signals();
+    let _ = sigs.thread_block();
+    // SAFETY: single-threaded; the child only execs or _exits.
+    match unsafe { nix::unistd::fork() } {
+        Err(e) => report_and_exit(rep_raw, StepError::new("fork of the command", e, errno_of(&e), "")),
+        Ok(ForkResult::Child) => exec_command(spec, rep_raw),
+        Ok(ForkResult::Parent { child }) => {
+            // 8. init re-executes itself from inside the new mount namespace:
+            //    a forked image would keep mappings of the host's mounts,
+            //    which CRIU cannot dump ("Can't lookup mount").
+            close_fds_from(3, false);
+            let prog = CString::new(spec.init_binary.as_os_str().as_encoded_bytes()).unwrap_or_default();
+            let argv = [c"cns-init".to_owned(), c"__init".to_owned(), CString::new(child.as_raw().to_string()).unwrap_or_default()];
+            let _ = nix::unistd::execv(&prog, &argv);
+            // exec failed: still be a correct init.
+            let code = init_loop(child);
+            // SAFETY: the init ends here; _exit skips the copied parent state.
+            unsafe { libc::_exit(code) }
+        }
+    }
+}
+
+fn exec_command(spec: &Spec, rep: RawFd) -> ! {
+    let _ = SigSet::all().thread_unblock();
+    for sig in nix::sys::signal::Signal::iterator() {
+        if sig != Signal::SIGKILL && sig != Signal::SIGSTOP {
+            // SAFETY: restoring default dispositions before exec.
+            let _ = unsafe { nix::sys::signal::signal(sig, nix::sys::signal::SigHandler::SigDfl) };
+        }
+    }
+    if let Some(cwd) = &spec.cwd {
+        if let Err(e) = nix::unistd::chdir(cwd) {
+            report_and_exit(rep, StepError::new(&format!("chdir {}", cwd.display()), e, errno_of(&e), "--cwd must exist inside the workload"));
+        }
+    }
+    if let Err(e) = spec.cap_drop.apply() {
+        report_and_exit(rep, StepError::new("dropping capabilities", e, None, ""));
+    }
+    for (k, v) in &spec.env {
+        // SAFETY: single-threaded child just before exec.
+        unsafe { std::env::set_var(k, v) };
+    }
+    let args: Vec<CString> = match spec.command.iter().map(|a| CString::new(a.as_bytes())).collect() {
+        Ok(a) => a,
+        Err(_) => report_and_exit(rep, StepError::new("exec", "argument contains a NUL byte", None, "")),
+    };
+    // Seccomp last, as close to exec as possible.
+    if let Some(prog) = &spec.seccomp {
+        if let Err(e) = seccompiler::apply_filter(prog) {
+            report_and_exit(rep, StepError::new("installing the seccomp filter", e, None, "check the filter allows execve"));
+        }
+    }
+    let err = match args.first() {
+        Some(prog) => nix::unistd::execvp(prog, &args).err(),
+        None => None,
+    };
+    let e = err.unwrap_or(nix::Error::EINVAL);
+    let mut se = StepError::new(
+        &format!("exec {}", spec.command.first().map(String::as_str).unwrap_or("")),
+        e,
+        errno_of(&e),
+        match e {
+            nix::Error::ENOENT => "the command was not found in PATH inside the workload",
+            nix::Error::EACCES => "the command is not executable",
+            _ => "",
+        },
+    );
+    se.status = if e == nix::Error::ENOENT { EXIT_NOT_FOUND } else { EXIT_CANNOT_EXEC };
+    report_and_exit(rep, se)
+}
+

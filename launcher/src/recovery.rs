@@ -1,0 +1,278 @@
+//! Recovery from cns commands that died half-way (kill -9, OOM kill, a
+//! crash): nothing they started may be left behind.
+//!
+//! `cns run` and `cns restore` write a marker (`pending` in the workload's
+//! state dir) before they create anything, naming the command's PID, what
+//! it allocated, and — as soon as it is known — the PID of the new root.
+//! They remove it once the record is saved. Every later cns command first
+//! sweeps: a marker whose owner is dead means the command never finished,
+//! so its root is killed (that ends the whole pid namespace, and with it the
+//! mount and network namespaces and the veth), its lease released, its log
+//! removed, and a record it was creating deleted. Dump staging directories
+//! (`.NAME.dump-PID`) of dead dumps are removed the same way.
+//!
+//! `criu swrk` is not killed with its command: killing CRIU while its
+//! parasite code runs inside the tree can wedge the tree. It fails its next
+//! notification instead (the socket is gone) and rolls back itself: a dump
+//! resumes the tree (CRIU's post-dump notification always comes before it
+//! kills the tree), a restore kills what it made. The marker names CRIU's
+//! PID, and the sweep waits for it to be gone before cleaning up. The
+//! detached monitor dies with its command until it has reported.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use cns_netns::LinkAddrs;
+use serde::{Deserialize, Serialize};
+
+use crate::error::Result;
+use crate::process::stat::{process_matches, process_start};
+use crate::runtime::Runtime;
+use crate::workload::State;
+
+const MARKER: &str = "pending";
+
+/// What an unfinished command leaves for the sweep.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Marker {
+    pub owner: i32,
+    pub owner_start: Option<u64>,
+    pub root: Option<i32>,
+    pub root_start: Option<u64>,
+    /// The command was creating the record: delete it.
+    pub new_record: bool,
+    pub lease: Option<LinkAddrs>,
+    pub host_if: Option<String>,
+    /// A log the command created for a new record.
+    pub log: Option<PathBuf>,
+    /// A dump in progress: where its checkpoint goes.
+    #[serde(default)]
+    pub dump: Option<DumpMark>,
+    /// The command's `criu swrk`: it outlives a killed command until its
+    /// next notification fails, and nothing is cleaned up before it is gone.
+    #[serde(default)]
+    pub criu: Option<i32>,
+    #[serde(default)]
+    pub criu_start: Option<u64>,
+}
+
+impl Marker {
+    /// Whether the command, or the CRIU it started, still works.
+    fn busy(&self) -> bool {
+        process_matches(self.owner, self.owner_start) || self.criu.is_some_and(|p| process_matches(p, self.criu_start))
+    }
+}
+
+/// How far a dump got. CRIU's post-dump notification comes once the images
+/// are complete and before it kills the tree; cns commits the checkpoint
+/// there (`committed`), so a dump killed afterwards loses nothing: the tree
+/// either runs on (CRIU died first) or is in the committed checkpoint.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct DumpMark {
+    pub images: PathBuf,
+    /// The checkpoint this dump replaces, set aside until the dump ends.
+    pub old: Option<PathBuf>,
+    pub committed: bool,
+}
+
+impl Marker {
+    pub fn new(new_record: bool) -> Marker {
+        let owner = std::process::id() as i32;
+        Marker { owner, owner_start: process_start(owner), new_record, ..Default::default() }
+    }
+}
+
+/// Writes the marker into a workload's state dir.
+pub fn begin(dir: &Path, m: &Marker) -> Result<()> {
+    crate::files::write_atomic(&dir.join(MARKER), &serde_json::to_vec(m)?, 0o600)
+}
+
+/// Updates the marker in place (best effort).
+pub fn update(dir: &Path, f: impl FnOnce(&mut Marker)) {
+    if let Some(mut m) = read(dir) {
+        f(&mut m);
+        let _ = begin(dir, &m);
+    }
+}
+
+/// Records the command's CRIU in the marker (best effort).
+pub fn set_criu(dir: &Path, pid: i32) {
+    update(dir, |m| {
+        m.criu = Some(pid);
+        m.criu_start = process_start(pid);
+    });
+}
+
+/// Records the new root's PID in the marker (best effort).
+pub fn set_root(dir: &Path, pid: i32) {
+    update(dir, |m| {
+        m.root = Some(pid);
+        m.root_start = process_start(pid);
+    });
+}
+
+/// The command finished (either way, with its own rollback done).
+pub fn end(dir: &Path) {
+    let _ = fs::remove_file(dir.join(MARKER));
+}
+
+fn read(dir: &Path) -> Option<Marker> {
+    serde_json::from_slice(&fs::read(dir.join(MARKER)).ok()?).ok()
+}
+
+/// Cleans up after every command that died half-way. Cheap when there is
+/// nothing to do: one readdir of the state dir and one of the images root.
+pub fn sweep(rt: &Runtime) {
+    let Ok(rd) = fs::read_dir(&rt.store.paths.state) else { return };
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') {
+            continue;
+        }
+        let dir = e.path();
+        let marker = read(&dir);
+        let has_record = dir.join(crate::workload::store::RECORD).exists();
+        if marker.is_none() && (has_record || !older_than(&dir, 60)) {
+            // A record, or a directory a command is creating right now (it
+            // writes its marker just after the mkdir).
+            continue;
+        }
+        if marker.as_ref().is_some_and(Marker::busy) {
+            continue;
+        }
+        // A dead owner's lock can only be held by another sweep (or a
+        // command that came after): wait for it, so that this command sees
+        // the cleanup done. Without a marker, whoever holds the lock is
+        // still working. Under the lock, look again: the owner may have
+        // finished since the first look.
+        let Some(_lock) = flock(rt, &name, marker.is_some()) else { continue };
+        let marker = read(&dir);
+        let has_record = dir.join(crate::workload::store::RECORD).exists();
+        match &marker {
+            None if has_record => continue,
+            None if !older_than(&dir, 60) => continue,
+            Some(m) if m.busy() => continue,
+            _ => {}
+        }
+        if let Some(m) = &marker {
+            tracing::info!(workload = %name, owner = m.owner, "cleaning up after a cns command that died half-way");
+            undo(rt, &name, m);
+            if let Some(d) = &m.dump {
+                finish_dead_dump(&dir, d);
+            }
+        }
+        if !has_record || marker.as_ref().is_some_and(|m| m.new_record) {
+            let _ = fs::remove_dir_all(&dir);
+        } else {
+            end(&dir);
+        }
+    }
+    sweep_staging(rt);
+}
+
+/// A dump whose command died: keep what it committed, put back what it
+/// set aside, and make the record say where the workload is.
+fn finish_dead_dump(dir: &Path, d: &DumpMark) {
+    if d.committed {
+        if let Some(old) = &d.old {
+            let _ = fs::remove_dir_all(old);
+        }
+        let rec = dir.join(crate::workload::store::RECORD);
+        let Some(mut w) = fs::read(&rec).ok().and_then(|b| serde_json::from_slice::<crate::workload::Workload>(&b).ok()) else { return };
+        // CRIU killed the tree after the checkpoint was complete, unless
+        // it still runs (--leave-running).
+        let running = w.live_state() == State::Running;
+        w.mark_dumped(d.images.clone(), running);
+        if let Ok(b) = serde_json::to_vec_pretty(&w) {
+            let _ = crate::files::write_atomic(&rec, &b, 0o600);
+        }
+    } else if let Some(old) = d.old.as_ref().filter(|o| o.exists()) {
+        if !d.images.exists() {
+            let _ = fs::rename(old, &d.images);
+        }
+    }
+}
+
+fn undo(rt: &Runtime, name: &str, m: &Marker) {
+    if let Some(root) = m.root {
+        crate::process::handle::kill_and_wait(root, m.root_start, std::time::Duration::from_secs(5));
+    }
+    if let Some(h) = &m.host_if {
+        crate::net::delete_link(h);
+    }
+    if let Some(a) = &m.lease {
+        let _ = rt.leases().release(name, a);
+    }
+    if let Some(l) = &m.log {
+        let _ = fs::remove_file(l);
+    }
+}
+
+fn older_than(p: &Path, secs: u64) -> bool {
+    fs::metadata(p).and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok()).is_some_and(|d| d.as_secs() > secs)
+}
+
+fn flock(rt: &Runtime, name: &str, wait: bool) -> Option<nix::fcntl::Flock<fs::File>> {
+    let f = rt.store.lock_file(name).ok()?;
+    let how = if wait { nix::fcntl::FlockArg::LockExclusive } else { nix::fcntl::FlockArg::LockExclusiveNonblock };
+    nix::fcntl::Flock::lock(f, how).ok()
+}
+
+/// `.NAME.dump-PID` directories whose dump is gone. A CRIU killed mid-dump
+/// also leaves its network lock (an nf_tables table in the workload's
+/// netns that drops its traffic): lift it, or the workload, running again,
+/// would stay cut off.
+fn sweep_staging(rt: &Runtime) {
+    let Ok(rd) = fs::read_dir(rt.images_root()) else { return };
+    for e in rd.flatten() {
+        let n = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = staging_pid(&n) else { continue };
+        if process_matches(pid, None) {
+            continue;
+        }
+        let name = n.trim_start_matches('.').rsplit_once(".dump-").map(|(w, _)| w.to_string()).unwrap_or_default();
+        if !name.is_empty() && read(&rt.store.paths.workload_dir(&name)).is_some() {
+            // Its dump's CRIU still works (the sweep above left the marker).
+            continue;
+        }
+        if let Some(root) = rt.store.get(&name).ok().and_then(|w| w.live_pid()) {
+            unlock_network(&name, root);
+        }
+        let _ = fs::remove_dir_all(e.path());
+    }
+}
+
+/// Deletes CRIU network-lock tables left in the netns of `root`.
+fn unlock_network(name: &str, root: i32) {
+    match cns_netns::nft::criu_lock_tables(root) {
+        Ok(tables) => {
+            for t in tables {
+                tracing::info!(workload = name, table = %t.name, "lifting the network lock of a dump that died");
+                if let Err(e) = cns_netns::nft::delete_table(Some(root), &t) {
+                    tracing::info!(workload = name, error = %e, "cannot lift CRIU's network lock");
+                }
+            }
+        }
+        Err(e) => tracing::debug!(workload = name, error = %e, "cannot list nf_tables tables"),
+    }
+}
+
+/// The PID in a staging dir name `.NAME.dump-PID`.
+pub fn staging_pid(file_name: &str) -> Option<i32> {
+    let rest = file_name.strip_prefix('.')?;
+    rest.rsplit_once(".dump-")?.1.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn staging_names() {
+        assert_eq!(staging_pid(".web.dump-123"), Some(123));
+        assert_eq!(staging_pid(".a.dump-b.dump-7"), Some(7));
+        assert_eq!(staging_pid("web"), None);
+        assert_eq!(staging_pid(".web.dump-x"), None);
+        assert_eq!(staging_pid("web.dump-1"), None);
+    }
+}
