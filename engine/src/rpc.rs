@@ -118,7 +118,7 @@ impl Swrk {
         // fails its next notification (EPIPE; CRIU ignores SIGPIPE) and
         // rolls back cleanly: a dump resumes the tree instead of killing it
         // (post-dump always comes before the kill), a restore kills what it
-        // made. launcher/recovery.rs waits for it before cleaning up.
+        // made. launcher/src/recovery.rs waits for it before cleaning up.
         // SAFETY: the closure only calls fcntl(2), which is
         // async-signal-safe, on fds that stay open in the parent until the
         // child has exec'd.
