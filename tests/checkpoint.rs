@@ -137,7 +137,7 @@ fn a_failed_restore_leaves_nothing_behind() {
     let e = fails(&["restore", "-d", &n, "--as", &copy]);
     assert!(e.contains("truncated") || e.contains("restore"), "{e}");
     assert!(ps_entry(&copy).is_none(), "a failed restore left a record");
-    let veth = cns_netns::host_veth_name(&copy);
+    let veth = cns_runtime::net::host_veth_name(&copy);
     assert!(!links_named("cns-").contains(&veth), "a failed restore left the veth {veth}");
     assert_eq!(state_of(&n), "dumped");
 }

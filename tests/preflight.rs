@@ -51,7 +51,7 @@ fn restore_log(n: &str) -> String {
 /// process, no veth.
 fn nothing_restored(n: &str) {
     assert_eq!(state_of(n), "dumped");
-    let veth = cns_netns::host_veth_name(n);
+    let veth = cns_runtime::net::host_veth_name(n);
     assert!(!links_named("cns-").contains(&veth), "a refused restore left {veth}");
 }
 

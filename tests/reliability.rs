@@ -34,7 +34,7 @@ fn footprint(names: &[&str]) -> Vec<String> {
         if Path::new(&format!("/var/lib/cns/logs/{n}.log")).exists() {
             v.push(format!("log of {n}"));
         }
-        if links_named("cns-").contains(&cns_netns::host_veth_name(n)) {
+        if links_named("cns-").contains(&cns_runtime::net::host_veth_name(n)) {
             v.push(format!("veth of {n}"));
         }
         if lease_held(n) {
@@ -46,7 +46,7 @@ fn footprint(names: &[&str]) -> Vec<String> {
 
 fn nothing_left_of(n: &str) {
     assert!(ps_entry(n).is_none(), "{n}: record left");
-    assert!(!links_named("cns-").contains(&cns_netns::host_veth_name(n)), "{n}: veth left");
+    assert!(!links_named("cns-").contains(&cns_runtime::net::host_veth_name(n)), "{n}: veth left");
     assert!(!lease_held(n), "{n}: lease left");
     assert!(!Path::new(&format!("/run/cns/{n}")).exists(), "{n}: state dir left");
     assert!(!Path::new(&format!("/var/lib/cns/images/{n}.failed-dump.log")).exists(), "{n}: failed-dump log left");

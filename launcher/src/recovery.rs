@@ -158,7 +158,7 @@ pub fn sweep(rt: &Runtime) {
             tracing::info!(workload = %name, owner = m.owner, "cleaning up after a cns command that died half-way");
             undo(rt, &name, m);
             if let Some(d) = &m.dump {
-                finish_dead_dump(&dir, d);
+                finish_dead_dump(&dir, d, m.owner);
             }
         }
         if !has_record || marker.as_ref().is_some_and(|m| m.new_record) {
@@ -172,7 +172,18 @@ pub fn sweep(rt: &Runtime) {
 
 /// A dump whose command died: keep what it committed, put back what it
 /// set aside, and make the record say where the workload is.
-fn finish_dead_dump(dir: &Path, d: &DumpMark) {
+fn finish_dead_dump(dir: &Path, d: &DumpMark, owner: i32) {
+    // Only the dump's own siblings of its checkpoint are touched; a marker
+    // naming anything else (a workload could plant one) is ignored.
+    let own = |kind: &str| sibling_of(&d.images, kind, owner);
+    if d.old.as_ref().is_some_and(|o| *o != own("old")) || (d.images.exists() && !d.images.join(cns_engine::image::META_FILE).is_file()) {
+        tracing::info!(images = %d.images.display(), "ignoring a dump marker that names paths that are not its own");
+        return;
+    }
+    let staging = own("dump");
+    if fs::symlink_metadata(&staging).is_ok_and(|m| m.is_dir()) {
+        let _ = fs::remove_dir_all(&staging);
+    }
     if d.committed {
         if let Some(old) = &d.old {
             let _ = fs::remove_dir_all(old);
@@ -193,17 +204,28 @@ fn finish_dead_dump(dir: &Path, d: &DumpMark) {
     }
 }
 
+/// Undoes what a dead command of workload `name` made. Only what such a
+/// command can have made is acted on: a root that is PID 1 of a pid
+/// namespace of its own (held by pidfd, checked against its start time),
+/// the host veth and log named after `name`, a lease `name` holds. A marker
+/// naming anything else (a host process, eth0, a file elsewhere) is ignored.
 fn undo(rt: &Runtime, name: &str, m: &Marker) {
     if let Some(root) = m.root {
-        crate::process::handle::kill_and_wait(root, m.root_start, std::time::Duration::from_secs(5));
+        match crate::process::Process::open(root, m.root_start) {
+            Some(p) if crate::process::stat::is_namespace_init(root) => {
+                p.kill_and_wait(std::time::Duration::from_secs(5));
+            }
+            Some(_) => tracing::info!(workload = name, pid = root, "not killing a process that is no workload's root"),
+            None => {}
+        }
     }
-    if let Some(h) = &m.host_if {
+    if let Some(h) = m.host_if.as_ref().filter(|h| **h == crate::net::host_veth_name(name)) {
         crate::net::delete_link(h);
     }
     if let Some(a) = &m.lease {
         let _ = rt.leases().release(name, a);
     }
-    if let Some(l) = &m.log {
+    if let Some(l) = m.log.as_ref().filter(|l| **l == rt.store.paths.log_file(name)) {
         let _ = fs::remove_file(l);
     }
 }
@@ -226,6 +248,13 @@ fn sweep_staging(rt: &Runtime) {
     let Ok(rd) = fs::read_dir(rt.images_root()) else { return };
     for e in rd.flatten() {
         let n = e.file_name().to_string_lossy().into_owned();
+        if let Some(pid) = import_pid(&n) {
+            // A half-done `cns import` whose command is gone.
+            if !process_matches(pid, None) && e.file_type().is_ok_and(|t| t.is_dir()) {
+                let _ = fs::remove_dir_all(e.path());
+            }
+            continue;
+        }
         let Some(pid) = staging_pid(&n) else { continue };
         if process_matches(pid, None) {
             continue;
@@ -255,6 +284,19 @@ fn unlock_network(name: &str, root: i32) {
         }
         Err(e) => tracing::debug!(workload = name, error = %e, "cannot list nf_tables tables"),
     }
+}
+
+/// `.BASE.KIND-PID` next to `images`: where the dump of process `pid`
+/// stages (`dump`) or sets the previous checkpoint aside (`old`).
+pub fn sibling_of(images: &Path, kind: &str, pid: i32) -> PathBuf {
+    let parent = images.parent().unwrap_or(Path::new("/"));
+    let base = images.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    parent.join(format!(".{base}.{kind}-{pid}"))
+}
+
+/// The PID in an import staging dir name `.import-PID`.
+pub fn import_pid(file_name: &str) -> Option<i32> {
+    file_name.strip_prefix(".import-")?.parse().ok()
 }
 
 /// The PID in a staging dir name `.NAME.dump-PID`.

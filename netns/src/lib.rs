@@ -3,7 +3,6 @@
 //! - [`Netlink`]: a small synchronous rtnetlink client bound to one network
 //!   namespace (the caller's, or another process's via [`Netlink::for_pid`]).
 //! - [`lease`]: the address pool and its leases (one /30 per workload).
-//! - [`host_veth_name`]: the stable host-side interface name of a workload.
 
 pub mod lease;
 mod netlink;
@@ -17,24 +16,6 @@ use std::net::Ipv4Addr;
 
 /// Linux's interface name limit, without the trailing NUL.
 pub const IFNAMSIZ: usize = 15;
-
-/// Host-side veth name for a workload: `cns-<name>`, or when that does not
-/// fit in IFNAMSIZ, a prefix of it and a stable 6-hex-digit hash of the name.
-pub fn host_veth_name(name: &str) -> String {
-    let full = format!("cns-{name}");
-    if full.len() <= IFNAMSIZ {
-        return full;
-    }
-    // FNV-1a: stable across builds and platforms.
-    let mut h: u32 = 0x811c_9dc5;
-    for b in name.bytes() {
-        h ^= u32::from(b);
-        h = h.wrapping_mul(0x0100_0193);
-    }
-    let hash = format!("{:06x}", h & 0x00ff_ffff);
-    let keep = IFNAMSIZ - hash.len() - 1;
-    format!("{}-{hash}", &full[..keep])
-}
 
 /// The inner interface name of every workload.
 pub const INNER_IF: &str = "eth0";
@@ -68,26 +49,4 @@ pub fn configure_inside(nl: &Netlink, addrs: Option<&LinkAddrs>) -> Result<(), N
         nl.replace_default_route(a.host)?;
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn short_names_are_kept() {
-        assert_eq!(host_veth_name("web"), "cns-web");
-        assert_eq!(host_veth_name("abcdefghijk"), "cns-abcdefghijk");
-    }
-
-    #[test]
-    fn long_names_fit_and_stay_distinct() {
-        let a = host_veth_name("a-very-long-workload-name-1");
-        let b = host_veth_name("a-very-long-workload-name-2");
-        assert!(a.len() <= IFNAMSIZ, "{a}");
-        assert!(b.len() <= IFNAMSIZ);
-        assert_ne!(a, b);
-        assert!(a.starts_with("cns-a-ve"));
-        assert_eq!(a, host_veth_name("a-very-long-workload-name-1"));
-    }
 }

@@ -28,9 +28,7 @@ pub struct Staging {
 }
 
 fn sibling(images: &Path, kind: &str) -> PathBuf {
-    let parent = images.parent().unwrap_or(Path::new("/"));
-    let base = images.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    parent.join(format!(".{base}.{kind}-{}", std::process::id()))
+    recovery::sibling_of(images, kind, std::process::id() as i32)
 }
 
 impl Staging {

@@ -2,6 +2,7 @@
 //! pre-flight, then CRIU into a staging directory that is committed at
 //! post-dump (commit.rs), then the record.
 
+use std::fs;
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -11,7 +12,7 @@ use cns_engine::{CriuFlags, CriuOptions, Dirs, DumpStats, ImageDir, Notify, Noti
 
 use crate::checkpoint::commit::Staging;
 use crate::checkpoint::failure::{criu_failure, criu_stderr, open_dir};
-use crate::checkpoint::meta::Meta;
+use crate::checkpoint::meta::{META_FILE, Meta};
 use crate::checkpoint::STDIO_KEY;
 use crate::error::{Context, Error, ErrorKind, Result};
 use crate::recovery;
@@ -136,10 +137,25 @@ pub fn dump_locked(rt: &Runtime, l: &Locked, mut w: Workload, mut plan: DumpPlan
     Ok(DumpOutcome { name: w.name.clone(), images, stats })
 }
 
-/// The parent of the checkpoint exists (created 0700 when missing); the
-/// checkpoint itself is absent or an earlier cns checkpoint.
-fn check_destination(images: &Path) -> Result<()> {
-    let parent = images.parent().unwrap_or(Path::new("/"));
+/// The checkpoint goes where nothing of anyone else's is: the destination
+/// is absent or an earlier cns checkpoint (its `cns.json` is the marker),
+/// and not a symlink. Its parent is created 0700 when missing; an existing
+/// parent is left exactly as it is.
+pub fn check_destination(images: &Path) -> Result<()> {
+    match fs::symlink_metadata(images) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(Error::wrap(format!("cannot use {}", images.display()), e)),
+        Ok(m) if m.file_type().is_symlink() || !m.is_dir() => {
+            return Err(Error::new(ErrorKind::Exists, format!("{} exists and is not a cns checkpoint directory", images.display()))
+                .with_hint("give --images a path that does not exist yet (cns creates it), or an earlier cns checkpoint"));
+        }
+        Ok(_) if !images.join(META_FILE).is_file() => {
+            return Err(Error::new(ErrorKind::Exists, format!("{} exists and is not a cns checkpoint: cns will not replace what it did not write", images.display()))
+                .with_hint("give --images a path that does not exist yet (cns creates it), or an earlier cns checkpoint"));
+        }
+        Ok(_) => {}
+    }
+    let parent = images.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     crate::files::mkdir_private(parent).with_context(|| format!("cannot create {}", parent.display()))?;
     Ok(())
 }

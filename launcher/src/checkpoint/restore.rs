@@ -121,9 +121,17 @@ pub fn plan(rt: &Runtime, opts: &RestoreOptions) -> Result<RestorePlan> {
         ));
     }
     let in_place = new_name == meta.workload.name;
+    if !in_place && rt.store.exists(&new_name) {
+        return Err(taken(&new_name));
+    }
     if let Ok(w) = rt.store.get(&new_name) {
         check_target(&w, &meta)?;
+        if let Some(own) = w.images.as_ref().filter(|own| !same_dir(own, &images)) {
+            return Err(Error::new(ErrorKind::Exists, format!("workload {new_name} has its own checkpoint at {}, not {}", own.display(), images.display()))
+                .with_hint(format!("restore the images as a copy with --as NEW, or remove {new_name} first")));
+        }
     }
+
     let (address, host_if) = match (meta.workload.net.mode, meta.workload.net.addrs) {
         (NetMode::Veth, Some(a)) if (in_place && !opts.new_ip) || opts.keep_ip => (Address::Keep(a), Some(net::host_veth_name(&new_name))),
         (NetMode::Veth, _) => (Address::Fresh, Some(net::host_veth_name(&new_name))),
@@ -141,7 +149,17 @@ pub fn plan(rt: &Runtime, opts: &RestoreOptions) -> Result<RestorePlan> {
     Ok(RestorePlan { new_name, images, meta, in_place, address, host_if, log, criu: rt.criu()?, options: o, pidfile: opts.pidfile.clone() })
 }
 
-/// Whether an existing record may be restored over.
+fn same_dir(a: &Path, b: &Path) -> bool {
+    a == b || fs::canonicalize(a).ok().zip(fs::canonicalize(b).ok()).is_some_and(|(x, y)| x == y)
+}
+
+fn taken(name: &str) -> Error {
+    Error::new(ErrorKind::Exists, format!("a workload named {name} already exists"))
+        .with_hint(format!("restore the copy under a new name, or remove {name} first with `cns rm {name}`"))
+}
+
+/// Whether an existing record may be restored over: only a workload's own
+/// record, by its own checkpoint.
 fn check_target(w: &Workload, meta: &Meta) -> Result<()> {
     match w.live_state() {
         State::Running => Err(running(&w.name)),
@@ -167,6 +185,9 @@ pub fn restore(rt: &Runtime, opts: &RestoreOptions, events: &dyn Events) -> Resu
 /// lease, veth, log or record of its own.
 pub fn execute(rt: &Runtime, plan: &RestorePlan, opts: &RestoreOptions, events: &dyn Events) -> Result<Restored> {
     let existing = rt.store.exists(&plan.new_name);
+    if existing && !plan.in_place {
+        return Err(taken(&plan.new_name));
+    }
     let locked = if existing { rt.store.try_lock(&plan.new_name)? } else { rt.store.create(&plan.new_name)? };
     let mut rollback = Rollback::new(rt, &plan.new_name);
     let res = execute_locked(rt, plan, opts, &locked, existing, &mut rollback, events);
@@ -220,14 +241,18 @@ fn execute_locked(rt: &Runtime, plan: &RestorePlan, opts: &RestoreOptions, locke
     record.mark_running(pid, shim);
     record.images = Some(plan.images.clone());
     record.restored_from = Some(plan.meta.workload.name.clone());
-    locked.save(&record)?;
+    let recorded = locked.save(&record).and_then(|()| match &opts.pidfile {
+        // An adopted tree's root is a child of the pid namespace's init.
+        Some(p) => crate::files::write_pidfile(p, if plan.meta.workload.adopted { crate::process::stat::first_child(pid).unwrap_or(pid) } else { pid }),
+        None => Ok(()),
+    });
+    if let Err(e) = recorded {
+        // Nothing runs that is not recorded (the caller rolls back the rest).
+        crate::process::kill_started(pid, record.pid_start);
+        return Err(e);
+    }
     recovery::end(&locked.dir);
     remember_restore(plan, stats.as_ref());
-    if let Some(p) = &opts.pidfile {
-        // An adopted tree's root is a child of the pid namespace's init.
-        let root = if plan.meta.workload.adopted { crate::process::stat::first_child(pid).unwrap_or(pid) } else { pid };
-        crate::files::write_pidfile(p, root)?;
-    }
     Ok(Restored { name: plan.new_name.clone(), pid, stats, log: plan.log.clone(), log_offset })
 }
 
@@ -236,6 +261,9 @@ fn execute_locked(rt: &Runtime, plan: &RestorePlan, opts: &RestoreOptions, locke
 fn network(rt: &Runtime, plan: &RestorePlan, rollback: &mut Rollback<'_>) -> Result<NetConfig> {
     let mut net = plan.meta.workload.net.clone();
     net.host_if = plan.host_if.clone();
+    if let Some(h) = &net.host_if {
+        net::check_host_if(rt, &plan.new_name, h)?;
+    }
     match plan.address {
         Address::None => return Ok(net),
         Address::Keep(a) => {
@@ -302,6 +330,7 @@ fn start(rt: &Runtime, plan: &RestorePlan, net: &NetConfig, published: crate::ne
         Ok(pid)
     };
     if !detach {
+        crate::process::init::block_forwarded()?;
         return Ok((work()?, std::process::id() as i32));
     }
     let store = rt.store.clone();

@@ -55,6 +55,21 @@ pub fn lease(rt: &Runtime, name: &str, plan: &NetPlan) -> Result<Option<LinkAddr
     Ok(Some(lease.addrs))
 }
 
+/// The workload other than `name` whose record claims `host_if`, if any.
+pub fn claimed_by_other(rt: &Runtime, name: &str, host_if: &str) -> Option<String> {
+    rt.store.list().into_iter().find(|w| w.name != name && w.net.host_if.as_deref() == Some(host_if)).map(|w| w.name)
+}
+
+/// Refuses a host interface name another workload owns (two long names
+/// whose hashed forms collide).
+pub fn check_host_if(rt: &Runtime, name: &str, host_if: &str) -> Result<()> {
+    match claimed_by_other(rt, name, host_if) {
+        Some(other) => Err(Error::new(crate::error::ErrorKind::Exists, format!("the host interface name {host_if} of {name} is taken by workload {other}"))
+            .with_hint("give the workload another name (long names share an interface name only when their hashes collide)")),
+        None => Ok(()),
+    }
+}
+
 /// Creates the veth pair for the workload whose root is `pid`: the host end
 /// named `net.host_if` with the host address, `eth0` in the workload's netns.
 pub fn attach(net: &NetConfig, pid: i32) -> Result<()> {

@@ -28,7 +28,11 @@ pub fn rm(rt: &Runtime, opts: &RmOptions) -> Result<()> {
                 .with_hint(format!("stop it with `cns kill {0}` or use `cns rm -f {0}`", w.name)));
         }
         if let Some(pid) = w.pid {
-            crate::process::handle::kill_and_wait(pid, w.pid_start, Duration::from_secs(5));
+            if !crate::process::handle::kill_and_wait(pid, w.pid_start, Duration::from_secs(10)) {
+                // Its address, veth and record stay with it until it is gone.
+                return Err(Error::new(ErrorKind::State, format!("workload {} did not stop within 10 s of SIGKILL; nothing was removed", w.name))
+                    .with_hint(format!("see what holds pid {pid} (a task in D state?) and run `cns rm -f {}` again", w.name)));
+            }
         }
     }
     crate::net::delete_host_end(&w.net);

@@ -137,6 +137,9 @@ fn start_locked(rt: &Runtime, opts: &RunOptions, c: &Checked, locked: &Locked, r
     let lease = net::lease(rt, name, &c.net)?;
     rollback.lease = lease;
     let host_if = lease.as_ref().map(|_| net::host_veth_name(name));
+    if let Some(h) = &host_if {
+        net::check_host_if(rt, name, h)?;
+    }
     let log = rt.store.paths.log_file(name);
     marker.lease = lease;
     marker.host_if = host_if.clone();
@@ -183,11 +186,17 @@ fn start_locked(rt: &Runtime, opts: &RunOptions, c: &Checked, locked: &Locked, r
     };
     let (pid, monitor) = launch(rt, &spec, &w.net, locked, opts.detach)?;
     w.mark_running(pid, monitor);
-    locked.save(&w)?;
-    recovery::end(&locked.dir);
-    if let Some(p) = &opts.pidfile {
-        crate::files::write_pidfile(p, pid)?;
+    let recorded = locked.save(&w).and_then(|()| match &opts.pidfile {
+        Some(p) => crate::files::write_pidfile(p, pid),
+        None => Ok(()),
+    });
+    if let Err(e) = recorded {
+        // Nothing runs that is not recorded: the caller rolls back the
+        // address and the record, so the tree goes too.
+        crate::process::kill_started(pid, w.pid_start);
+        return Err(e);
     }
+    recovery::end(&locked.dir);
     Ok(Started { name: name.clone(), pid, log })
 }
 
@@ -206,6 +215,9 @@ fn launch(rt: &Runtime, spec: &Spec, net: &NetConfig, locked: &Locked, detach: b
         Ok(pid)
     };
     if !detach {
+        // Signals for the workload are blocked before any forwarder thread
+        // exists, so none can land on one (foreground() takes them).
+        crate::process::init::block_forwarded()?;
         return Ok((work()?, std::process::id() as i32));
     }
     let store = rt.store.clone();

@@ -61,3 +61,10 @@ pub fn init_loop(main: Pid) -> i32 {
         }
     }
 }
+
+/// Blocks the signals cns forwards to a workload, in this thread. Call it
+/// while the process is single-threaded: threads started later inherit the
+/// mask, so no signal meant for the workload can land on one of them.
+pub fn block_forwarded() -> crate::error::Result<()> {
+    forwarded_signals().thread_block().map_err(|e| crate::error::Error::wrap("cannot block signals", e))
+}

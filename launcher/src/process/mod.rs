@@ -15,3 +15,10 @@ pub mod stat;
 
 pub use handle::Process;
 pub use report::Report;
+
+/// Kills a tree this command started and could not record, and reaps it
+/// when it is this process's child (a foreground start).
+pub fn kill_started(pid: i32, start: Option<u64>) {
+    handle::kill_and_wait(pid, start, std::time::Duration::from_secs(5));
+    let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), Some(nix::sys::wait::WaitPidFlag::WNOHANG));
+}

@@ -46,6 +46,9 @@ pub fn spawn_detached(
             unsafe { libc::close(lock_fd) };
             let _ = nix::unistd::setsid();
             detach_stdio();
+            // Before work() starts any thread (the port forwarders): a
+            // SIGTERM to the monitor must never land on a forwarder.
+            let _ = forwarded_signals().thread_block();
             let report = match work() {
                 Ok(pid) => Report::Started { pid },
                 Err(e) => Report::failed(&e),

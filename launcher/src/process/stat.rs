@@ -38,6 +38,15 @@ pub fn namespace_inodes(pid: i32) -> std::collections::BTreeMap<String, u64> {
         .collect()
 }
 
+/// Whether `pid` is PID 1 of a pid namespace other than cns's own (every
+/// workload's root is; no host process is).
+pub fn is_namespace_init(pid: i32) -> bool {
+    let Ok(status) = fs::read_to_string(format!("/proc/{pid}/status")) else { return false };
+    let Some(ns) = status.lines().find_map(|l| l.strip_prefix("NSpid:")) else { return false };
+    let ids: Vec<&str> = ns.split_whitespace().collect();
+    ids.len() >= 2 && ids.last() == Some(&"1")
+}
+
 /// The first child of `pid` (an adopted tree's root under its namespace init).
 pub fn first_child(pid: i32) -> Option<i32> {
     fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).ok()?.split_whitespace().next()?.parse().ok()

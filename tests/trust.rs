@@ -1,0 +1,182 @@
+//! cns runs as root: nothing a user owns is destroyed or re-permissioned,
+//! no name reaches another workload's state, nothing a workload plants is
+//! acted on, nothing runs that cns does not track.
+
+mod common;
+use common::*;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::time::Duration;
+
+#[test]
+fn dump_never_replaces_a_directory_it_did_not_write_nor_chmods_its_parent() {
+    let n = name("own");
+    let _c = Cleanup(vec![n.clone()]);
+    let shared = tempfile::tempdir().expect("tmp");
+    std::fs::set_permissions(shared.path(), std::fs::Permissions::from_mode(0o1777)).expect("chmod");
+    let users = shared.path().join("users-dir");
+    std::fs::create_dir(&users).expect("mkdir");
+    std::fs::write(users.join("thesis.txt"), "years of work").expect("write");
+    start_counter(&n);
+    let e = fails(&["dump", "--leave-running", &n, "--images", users.to_str().expect("utf8")]);
+    assert!(e.contains("not a cns checkpoint"), "{e}");
+    assert_eq!(std::fs::read_to_string(users.join("thesis.txt")).expect("the user's file"), "years of work");
+    assert_eq!(std::fs::read_dir(&users).expect("ls").count(), 1, "cns wrote into the user's directory");
+    assert_eq!(state_of(&n), "running", "a refused dump stopped the workload");
+    // A fresh path inside the shared directory: created 0700, the parent untouched.
+    let fresh = shared.path().join("ckpt");
+    ok(&["dump", "--leave-running", &n, "--images", fresh.to_str().expect("utf8")]);
+    assert!(fresh.join("cns.json").exists());
+    assert_eq!(std::fs::metadata(shared.path()).expect("stat").permissions().mode() & 0o7777, 0o1777, "the parent was re-permissioned");
+    assert_eq!(std::fs::metadata(&fresh).expect("stat").permissions().mode() & 0o777, 0o700);
+    // Its own earlier checkpoint is replaced, as before.
+    ok(&["dump", "--leave-running", &n, "--images", fresh.to_str().expect("utf8")]);
+    // A symlink is not a checkpoint directory.
+    let link = shared.path().join("link");
+    std::os::unix::fs::symlink(&users, &link).expect("symlink");
+    let e = fails(&["dump", "--leave-running", &n, "--images", link.to_str().expect("utf8")]);
+    assert!(e.contains("not a cns checkpoint"), "{e}");
+    assert_eq!(std::fs::read_dir(&users).expect("ls").count(), 1);
+}
+
+#[test]
+fn restore_as_an_existing_name_is_refused_and_both_checkpoints_survive() {
+    let x = name("asx");
+    let b = name("asb");
+    let _c = Cleanup(vec![x.clone(), b.clone()]);
+    ok(&["run", "-d", "--name", &x, "--", "sh", "-c", "echo I-am-x; exec sleep 1000"]);
+    ok(&["run", "-d", "--name", &b, "--", "sh", "-c", "echo I-am-b; exec sleep 1000"]);
+    wait_for("both to print", 20, || log_of(&x).contains("I-am-x") && log_of(&b).contains("I-am-b"));
+    ok(&["dump", &x]);
+    ok(&["dump", &b]);
+    let before = std::fs::read_to_string(format!("/run/cns/{b}/workload.json")).expect("record of b");
+    let e = fails(&["restore", "-d", &x, "--as", &b]);
+    assert!(e.contains("already exists"), "{e}");
+    assert_eq!(std::fs::read_to_string(format!("/run/cns/{b}/workload.json")).expect("record of b"), before, "b's record changed");
+    assert_eq!(state_of(&b), "dumped");
+    // b restores as b: its own process, its own command.
+    ok(&["restore", "-d", &b]);
+    let cmd = ps_entry(&b).expect("b")["command"].to_string();
+    assert!(cmd.contains("I-am-b"), "{cmd}");
+    assert!(!lease_held(&x) || state_of(&x) == "dumped");
+    // In place from someone else's images is refused too.
+    let e = fails(&["restore", "-d", &x, "--images", &format!("/var/lib/cns/images/{b}")]);
+    assert!(e.contains("belong to workload"), "{e}");
+}
+
+#[test]
+fn a_failure_after_start_leaves_no_untracked_process() {
+    let n = name("late");
+    let _c = Cleanup(vec![n.clone()]);
+    let dir = tempfile::tempdir().expect("tmp");
+    // The pidfile is a directory: writing it fails after the workload started.
+    let pidfile = dir.path().join("pid-is-a-dir");
+    std::fs::create_dir(&pidfile).expect("mkdir");
+    let tag = format!("cns-late-{}", std::process::id());
+    let e = fails(&["run", "-d", "--name", &n, "--pidfile", pidfile.to_str().expect("utf8"), "--", "sh", "-c", &format!("sleep 1000; : {tag}")]);
+    assert!(e.contains("pidfile"), "{e}");
+    wait_for("the started tree to be gone", 10, || processes_with(&tag).is_empty());
+    assert!(ps_entry(&n).is_none(), "a record was left");
+    assert!(!lease_held(&n), "the address was left leased");
+    assert!(!links_named("cns-").contains(&cns_runtime::net::host_veth_name(&n)), "the veth was left");
+}
+
+/// Host PIDs whose command line contains `needle`.
+fn processes_with(needle: &str) -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+                .filter(|p| std::fs::read(format!("/proc/{p}/cmdline")).is_ok_and(|c| String::from_utf8_lossy(&c).contains(needle)))
+                .filter(|&p| alive(p))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn foreground_run_with_published_ports_forwards_sigterm_instead_of_dying() {
+    let n = name("sigfw");
+    let _c = Cleanup(vec![n.clone()]);
+    let port = 20000 + (std::process::id() % 20000) as u16;
+    let script = "trap 'echo got-term; exit 7' TERM; echo ready; while :; do sleep 0.05; done";
+    let mut child = std::process::Command::new(cns_bin())
+        .args(["run", "--name", &n, "-p", &format!("{port}:80"), "--", "sh", "-c", script])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("cns run");
+    wait_for("the workload to be ready", 20, || log_of(&n).contains("ready"));
+    // With forwarder threads running, a SIGTERM to cns goes to the workload.
+    for _ in 0..5 {
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        std::thread::sleep(Duration::from_millis(20));
+        if log_of(&n).contains("got-term") {
+            break;
+        }
+    }
+    let st = child.wait().expect("wait");
+    assert_eq!(st.code(), Some(7), "cns did not pass the workload's status on (killed by the signal itself?): {st:?}");
+    assert!(log_of(&n).contains("got-term"));
+    assert_eq!(ps_entry(&n).expect("record")["exit_code"], 7, "the exit was not recorded");
+}
+
+#[test]
+fn planted_recovery_markers_reach_nothing_outside_the_workload() {
+    let fake = name("plant");
+    let dir = format!("/run/cns/{fake}");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    // A host process, a host link and a file of the user's.
+    let mut victim = std::process::Command::new("sleep").arg("1000").spawn().expect("sleep");
+    let vpid = victim.id() as i32;
+    let start: u64 = std::fs::read_to_string(format!("/proc/{vpid}/stat")).expect("stat").rsplit(") ").next().expect("fields").split(' ').nth(19).expect("start").parse().expect("num");
+    let link = format!("pl{}", std::process::id() % 100000);
+    let ok_link = std::process::Command::new("ip").args(["link", "add", &link, "type", "veth", "peer", "name", &format!("{link}p")]).status().expect("ip");
+    assert!(ok_link.success());
+    let precious = tempfile::NamedTempFile::new().expect("tmp");
+    let precious_dir = tempfile::tempdir().expect("tmp");
+    std::fs::write(precious_dir.path().join("keep"), "x").expect("write");
+    let marker = serde_json::json!({
+        "owner": 999_999_999, "owner_start": 1, "root": vpid, "root_start": start, "new_record": true,
+        "host_if": link, "log": precious.path(), "lease": null,
+        "dump": {"images": "/var/lib/cns/images", "old": precious_dir.path(), "committed": true}
+    });
+    std::fs::write(format!("{dir}/pending"), marker.to_string()).expect("plant");
+    ok(&["ps"]);
+    let survived_proc = alive(vpid);
+    let survived_link = Path::new(&format!("/sys/class/net/{link}")).exists();
+    let survived_file = precious.path().exists();
+    let _ = std::process::Command::new("ip").args(["link", "del", &link]).status();
+    let _ = victim.kill();
+    let _ = victim.wait();
+    assert!(survived_proc, "the sweep killed a host process named by a planted marker");
+    assert!(survived_link, "the sweep deleted a host link named by a planted marker");
+    assert!(survived_file, "the sweep removed a file named by a planted marker");
+    assert!(precious_dir.path().join("keep").exists(), "the sweep removed a directory named by a planted marker");
+    assert!(!Path::new(&dir).exists(), "the planted directory itself is cleaned up");
+}
+
+#[test]
+fn two_long_names_with_one_interface_name_are_refused_not_shared() {
+    // Find two names whose hashed interface names collide (24 bits: a few
+    // thousand tries).
+    let base = format!("coll{}-", std::process::id());
+    let mut seen = std::collections::HashMap::new();
+    let (a, b) = (0..200_000)
+        .find_map(|i| {
+            let n = format!("{base}{i:06}");
+            let h = cns_runtime::net::host_veth_name(&n);
+            seen.insert(h, n.clone()).map(|other| (other, n))
+        })
+        .expect("a collision");
+    assert_eq!(cns_runtime::net::host_veth_name(&a), cns_runtime::net::host_veth_name(&b));
+    let _c = Cleanup(vec![a.clone(), b.clone()]);
+    ok(&["run", "-d", "--name", &a, "--", "sleep", "1000"]);
+    let veth = cns_runtime::net::host_veth_name(&a);
+    let e = fails(&["run", "-d", "--name", &b, "--", "sleep", "1000"]);
+    assert!(e.contains("taken by workload"), "{e}");
+    assert!(links_named("cns-").contains(&veth), "the first workload lost its veth");
+    assert_eq!(state_of(&a), "running");
+    assert!(ps_entry(&b).is_none());
+}
