@@ -180,3 +180,101 @@ fn two_long_names_with_one_interface_name_are_refused_not_shared() {
     assert_eq!(state_of(&a), "running");
     assert!(ps_entry(&b).is_none());
 }
+
+/// Rewrites an uncompressed archive, passing `images/cns.json` through `edit`
+/// (and the manifest's size of it).
+fn rewrite_archive(src: &Path, dst: &Path, edit: impl Fn(&mut serde_json::Value)) {
+    let mut ar = tar::Archive::new(std::fs::File::open(src).expect("archive"));
+    let mut entries: Vec<(String, Vec<u8>)> = Vec::new();
+    for e in ar.entries().expect("entries") {
+        let mut e = e.expect("entry");
+        let path = e.path().expect("path").to_string_lossy().into_owned();
+        let mut data = Vec::new();
+        std::io::Read::read_to_end(&mut e, &mut data).expect("read");
+        entries.push((path, data));
+    }
+    let meta_pos = entries.iter().position(|(p, _)| p == "images/cns.json").expect("cns.json");
+    let mut meta: serde_json::Value = serde_json::from_slice(&entries[meta_pos].1).expect("json");
+    edit(&mut meta);
+    entries[meta_pos].1 = serde_json::to_vec(&meta).expect("json");
+    let size = entries[meta_pos].1.len();
+    let mut manifest: serde_json::Value = serde_json::from_slice(&entries[0].1).expect("manifest");
+    for f in manifest["files"].as_array_mut().expect("files") {
+        if f["path"] == "images/cns.json" {
+            f["size"] = size.into();
+        }
+    }
+    entries[0].1 = serde_json::to_vec(&manifest).expect("json");
+    let mut b = tar::Builder::new(std::fs::File::create(dst).expect("create"));
+    for (path, data) in &entries {
+        let mut h = tar::Header::new_gnu();
+        h.set_path(path).expect("path");
+        h.set_size(data.len() as u64);
+        h.set_mode(0o600);
+        h.set_cksum();
+        b.append(&h, data.as_slice()).expect("append");
+    }
+    b.into_inner().expect("finish");
+}
+
+#[test]
+fn an_archive_is_believed_for_nothing_that_reaches_the_host() {
+    let n = name("craft");
+    let imp = name("crafti");
+    let adopt = name("crafta");
+    let _c = Cleanup(vec![n.clone(), imp.clone(), adopt.clone()]);
+    let dir = tempfile::tempdir().expect("tmp");
+    let port = 30000 + (std::process::id() % 20000) as u16;
+    ok(&["run", "-d", "--name", &n, "-p", &format!("{port}:7000"), "--", "sh", "-c", COUNTER]);
+    wait_for("the counter", 20, || last_count(&n).is_some());
+    ok(&["dump", "--leave-running", &n]);
+    let plain = dir.path().join("plain.cnsx");
+    ok(&["export", &n, "-o", plain.to_str().expect("utf8"), "--compress", "none"]);
+    let planted = dir.path().join("planted-by-archive");
+    let crafted = dir.path().join("crafted.cnsx");
+    let (evil, p2) = (planted.clone(), port + 1);
+    rewrite_archive(&plain, &crafted, move |m| {
+        m["workload"]["stdio_mount"] = evil.to_str().expect("utf8").into();
+        m["workload"]["net"]["publish"] = serde_json::json!([[p2, 22]]);
+        m["workload"]["net"]["addrs"] = serde_json::json!({"host": "10.250.0.1", "inner": "10.250.0.2", "prefix": 30});
+        m["workload"]["net"]["host_if"] = "eth0".into();
+    });
+    ok(&["import", crafted.to_str().expect("utf8"), "--as", &imp]);
+    let rec: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(format!("/run/cns/{imp}/workload.json")).expect("record")).expect("json");
+    assert_eq!(rec["stdio_mount"], "/var/lib/cns/stdio", "the archive chose the log's mountpoint");
+    assert_eq!(rec["net"]["publish"], serde_json::json!([]), "the archive published ports");
+    assert!(rec["net"]["addrs"].is_null(), "the archive chose the address");
+    assert_ne!(rec["net"]["host_if"], "eth0");
+    ok(&["restore", "-d", &imp]);
+    assert!(!planted.exists(), "restoring an imported archive created a file where the archive said");
+    assert!(std::net::TcpListener::bind(("0.0.0.0", p2)).is_ok(), "the archive's port was published");
+    let ip = ps_entry(&imp).expect("restored")["ip"].as_str().map(String::from).expect("an address");
+    assert_ne!(ip, "10.250.0.2");
+    // An adopted host tree restores into the host's network namespace: refused.
+    let adopted = dir.path().join("adopted.cnsx");
+    rewrite_archive(&plain, &adopted, |m| {
+        m["workload"]["adopted"] = true.into();
+        m["workload"]["net"]["mode"] = "host".into();
+    });
+    let e = fails(&["import", adopted.to_str().expect("utf8"), "--as", &adopt]);
+    assert!(e.contains("adopted host tree"), "{e}");
+    assert!(ps_entry(&adopt).is_none());
+    assert!(!Path::new(&format!("/var/lib/cns/images/{adopt}")).exists(), "a refused import left its checkpoint");
+}
+
+#[test]
+fn published_ports_bind_the_host_address_asked_for_and_inspect_shows_them() {
+    let n = name("pubip");
+    let _c = Cleanup(vec![n.clone()]);
+    let port = 40000 + (std::process::id() % 20000) as u16;
+    ok(&["run", "-d", "--name", &n, "-p", &format!("127.0.0.1:{port}:7000"), "--", "sleep", "1000"]);
+    let v: serde_json::Value = serde_json::from_str(&ok(&["inspect", "--json", &n])).expect("json");
+    assert_eq!(v["network"]["publish"], serde_json::json!([format!("127.0.0.1:{port}:7000")]));
+    assert_eq!(v["network"]["publish_connection_limit"], 256);
+    // Only loopback is taken: the same port on the veth's host address is free.
+    let host_ip = v["network"]["host_ip"].as_str().expect("host ip").to_string();
+    assert!(std::net::TcpListener::bind((host_ip.as_str(), port)).is_ok(), "the port was bound on every address");
+    assert!(std::net::TcpListener::bind(("127.0.0.1", port)).is_err(), "the port is not bound on 127.0.0.1");
+    let e = fails(&["run", "-d", "--name", &name("pubbad"), "-p", "1.2.3:80:80", "--", "true"]);
+    assert!(e.contains("invalid port mapping"), "{e}");
+}

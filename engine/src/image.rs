@@ -7,7 +7,7 @@
 
 use std::fs;
 use std::io;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use prost::Message;
 
@@ -86,6 +86,23 @@ pub struct ImageFile {
     pub build_id: Vec<u32>,
 }
 
+/// The largest metadata image (anything but pages) cns reads into memory:
+/// an image directory may come from an archive, and a crafted one must not
+/// make cns allocate without bound.
+pub const MAX_META_IMAGE: u64 = 64 << 20;
+
+/// Reads a metadata image, refusing one larger than [`MAX_META_IMAGE`].
+pub fn read_bounded(path: &Path) -> Result<Vec<u8>, ImageError> {
+    use std::io::Read;
+    let f = fs::File::open(path).map_err(|source| ImageError::Io { path: path.to_path_buf(), source })?;
+    let mut data = Vec::new();
+    f.take(MAX_META_IMAGE + 1).read_to_end(&mut data).map_err(|source| ImageError::Io { path: path.to_path_buf(), source })?;
+    if data.len() as u64 > MAX_META_IMAGE {
+        return Err(ImageError::Corrupt { path: path.to_path_buf(), what: format!("larger than {} MiB, the most a metadata image may be", MAX_META_IMAGE >> 20) });
+    }
+    Ok(data)
+}
+
 /// Splits a CRIU image into its protobuf entries (pure; unit-tested).
 pub fn split_entries(data: &[u8]) -> Result<(u32, u32, Vec<&[u8]>), String> {
     if data.len() < 8 {
@@ -150,7 +167,7 @@ impl ImageDir {
 
     fn read_entries<M: Message + Default>(&self, name: &str) -> Result<Vec<M>, ImageError> {
         let path = self.file(name);
-        let data = fs::read(&path).map_err(|source| ImageError::Io { path: path.clone(), source })?;
+        let data = read_bounded(&path)?;
         let (_, _, raw) = split_entries(&data).map_err(|what| ImageError::Corrupt { path: path.clone(), what })?;
         raw.into_iter()
             .map(|e| M::decode(e).map_err(|err| ImageError::Corrupt { path: path.clone(), what: err.to_string() }))
@@ -160,7 +177,7 @@ impl ImageDir {
     /// inventory.img.
     pub fn inventory(&self) -> Result<proto::InventoryEntry, ImageError> {
         let path = self.file("inventory.img");
-        let data = fs::read(&path).map_err(|source| ImageError::Io { path: path.clone(), source })?;
+        let data = read_bounded(&path)?;
         let (_, magic, raw) = split_entries(&data).map_err(|what| ImageError::Corrupt { path: path.clone(), what })?;
         if magic != INVENTORY_MAGIC {
             return Err(ImageError::Corrupt { path, what: format!("type magic {magic:#x} is not the inventory's") });
@@ -221,13 +238,13 @@ impl ImageDir {
 
     /// Bytes of memory pages in the image (all pages-*.img).
     pub fn page_bytes(&self) -> Result<u64, ImageError> {
-        let mut total = 0;
+        let mut total: u64 = 0;
         for entry in fs::read_dir(&self.path).map_err(|source| ImageError::Io { path: self.path.clone(), source })? {
             let entry = entry.map_err(|source| ImageError::Io { path: self.path.clone(), source })?;
             let name = entry.file_name();
             let name = name.to_string_lossy();
             if name.starts_with("pages-") && name.ends_with(".img") {
-                total += entry.metadata().map(|m| m.len()).unwrap_or(0);
+                total = entry.metadata().map_or(total, |m| total.saturating_add(m.len()));
             }
         }
         Ok(total)
@@ -252,7 +269,7 @@ impl ImageDir {
             let name = entry.file_name().to_string_lossy().into_owned();
             let Some(id) = name.strip_prefix("pagemap-").and_then(|s| s.strip_suffix(".img")) else { continue };
             let path = entry.path();
-            let data = fs::read(&path).map_err(|source| ImageError::Io { path: path.clone(), source })?;
+            let data = read_bounded(&path)?;
             let (_, _, raw) = split_entries(&data).map_err(|what| ImageError::Corrupt { path: path.clone(), what })?;
             // First entry is pagemap_head {pages_id = 1}; the rest pagemap_entry
             // {vaddr = 1, compat_nr_pages = 2, flags = 4, nr_pages = 5}.
@@ -271,7 +288,7 @@ impl ImageDir {
                     let flags = fields.iter().find(|(f, _)| *f == 4).map_or(0, |(_, v)| *v);
                     // PE_PRESENT (4) pages are in the pages file; lazy/parent ones are not.
                     if flags & 4 != 0 || flags == 0 {
-                        pages += nr;
+                        pages = pages.checked_add(nr).ok_or_else(|| ImageError::Corrupt { path: path.clone(), what: "page counts overflow".into() })?;
                     }
                 }
             }
@@ -281,7 +298,7 @@ impl ImageDir {
             };
             let pages_path = self.file(&pages_name);
             let have = fs::metadata(&pages_path).map(|m| m.len()).unwrap_or(0);
-            let want = pages * page_size();
+            let want = pages.checked_mul(page_size()).ok_or_else(|| ImageError::Corrupt { path: path.clone(), what: format!("{pages} pages overflow") })?;
             if have < want {
                 return Err(ImageError::Corrupt {
                     path: pages_path,
@@ -417,5 +434,54 @@ mod tests {
         let (_, _, e) = split_entries(&data).expect("split");
         let back = proto::StatsEntry::decode(e[0]).expect("decode");
         assert_eq!(back.dump.map(|d| (d.freezing_time, d.pages_written)), Some((7, 9)));
+    }
+
+    #[test]
+    fn mutated_images_never_panic_and_overflowing_page_counts_are_corrupt() {
+        // A pagemap whose entry claims u64::MAX pages: refused, not wrapped.
+        let dir = tempfile::tempdir().expect("tmp");
+        let head = [0x08, 0x01]; // pages_id = 1
+        let mut huge = vec![0x08, 0x01, 0x28];
+        let mut v = u64::MAX;
+        while v >= 0x80 {
+            huge.push((v as u8) | 0x80);
+            v >>= 7;
+        }
+        huge.push(v as u8);
+        huge.extend_from_slice(&[0x20, 0x04]);
+        std::fs::write(dir.path().join("pagemap-1.img"), image(IMG_COMMON_MAGIC, 0x5620_5531, &[&head, &huge, &huge])).expect("pagemap");
+        std::fs::write(dir.path().join("pages-1.img"), [0u8; 16]).expect("pages");
+        let e = ImageDir::new(dir.path()).check_pages().expect_err("overflow");
+        assert!(e.to_string().contains("overflow"), "{e}");
+        // Random mutations of a valid pagemap: errors, never panics.
+        let good = image(IMG_COMMON_MAGIC, 0x5620_5531, &[&head, &[0x08, 0x01, 0x28, 0x02, 0x20, 0x04]]);
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        for round in 0..2000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let mut data = good.clone();
+            if round % 2 == 0 {
+                data.truncate((x as usize) % good.len());
+            } else {
+                let i = (x as usize) % data.len();
+                data[i] = (x >> 32) as u8;
+            }
+            let _ = split_entries(&data);
+            std::fs::write(dir.path().join("pagemap-1.img"), &data).expect("write");
+            let _ = ImageDir::new(dir.path()).check_pages();
+        }
+    }
+
+    #[test]
+    fn metadata_images_are_read_within_a_bound() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let p = dir.path().join("big.img");
+        let f = std::fs::File::create(&p).expect("create");
+        f.set_len(MAX_META_IMAGE + 1).expect("sparse");
+        let e = read_bounded(&p).expect_err("too big");
+        assert!(e.to_string().contains("MiB"), "{e}");
+        f.set_len(16).expect("small");
+        assert_eq!(read_bounded(&p).expect("small").len(), 16);
     }
 }

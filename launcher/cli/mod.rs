@@ -32,6 +32,16 @@ pub struct StartArgs {
     pub pidfile: Option<PathBuf>,
 }
 
+/// `-p`: run and restore.
+#[derive(Debug, Args, Clone)]
+pub struct PublishArg {
+    /// Publish a port: [HOSTIP:]HOSTPORT:PORT (TCP, forwarded to the workload; every host
+    /// address when HOSTIP is left out; at most 256 connections at once; repeatable). At restore
+    /// it replaces the checkpoint's own ports
+    #[arg(short = 'p', long = "publish", value_name = "[HOSTIP:]HOSTPORT:PORT")]
+    pub publish: Vec<String>,
+}
+
 /// `--images`: dump and restore.
 #[derive(Debug, Args, Clone)]
 pub struct ImagesArg {
@@ -149,9 +159,8 @@ pub struct RunArgs {
     /// The workload's address, A.B.C.D[/30|/31] (default: the next free /30 of the pool)
     #[arg(long, value_name = "CIDR")]
     pub ip: Option<String>,
-    /// Publish a port: HOSTPORT:PORT (TCP, host 0.0.0.0:HOSTPORT forwarded to the workload)
-    #[arg(short = 'p', long = "publish", value_name = "HOSTPORT:PORT")]
-    pub publish: Vec<String>,
+    #[command(flatten)]
+    pub publish: PublishArg,
     /// Command and its arguments
     #[arg(required = true, last = true, value_name = "CMD")]
     pub command: Vec<String>,
@@ -258,6 +267,8 @@ pub struct RestoreArgs {
     /// Keep the dumped inner address for a copy (default: a fresh one for --as)
     #[arg(long)]
     pub keep_ip: bool,
+    #[command(flatten)]
+    pub publish: PublishArg,
     /// Give an in-place restore a fresh address (its TCP connections are
     /// lost), e.g. when the checkpoint's address is taken on this machine
     #[arg(long, conflicts_with = "keep_ip")]

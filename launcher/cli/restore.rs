@@ -19,6 +19,7 @@ pub fn restore(rt: &Runtime, a: RestoreArgs, quiet: bool) -> anyhow::Result<i32>
         memory_limit: a.memory_limit.map(|m| m << 20),
         detach: a.start.detach,
         pidfile: a.start.pidfile,
+        publish: a.publish.publish,
     };
     if a.cmdline.print_criu_cmdline {
         rt.require_root()?;

@@ -16,7 +16,7 @@ pub fn run(rt: &Runtime, a: RunArgs) -> anyhow::Result<i32> {
         seccomp: a.seccomp,
         net: a.net.0,
         ip: a.ip,
-        publish: a.publish,
+        publish: a.publish.publish,
         detach: a.start.detach,
         pidfile: a.start.pidfile,
     };

@@ -283,6 +283,7 @@ fn install_locked(rt: &Runtime, locked: &Locked, staging: &Path, mut meta: Meta,
         bail_hint!(kind: ErrorKind::Exists, format!("import it under another name with --as, or remove {}", final_dir.display()), "a checkpoint directory {} already exists", final_dir.display());
     }
     let log_path = rt.store.paths.log_file(&name);
+    meta.distrust(&rt.store.paths.stdio_mount())?;
     let w = &mut meta.workload;
     w.name = name.clone();
     w.log = log_path.clone();
@@ -296,7 +297,12 @@ fn install_locked(rt: &Runtime, locked: &Locked, staging: &Path, mut meta: Meta,
         let _ = fs::remove_file(l);
     }
     fs::rename(staging, &final_dir).with_context(|| format!("cannot move the checkpoint to {}", final_dir.display()))?;
-    locked.save(&meta.workload)
+    if let Err(e) = locked.save(&meta.workload) {
+        // The name must stay importable: take the checkpoint back out.
+        let _ = fs::remove_dir_all(&final_dir);
+        return Err(e);
+    }
+    Ok(())
 }
 
 /// Unpacks `reader` into `staging` under the rules of the module docs.
@@ -322,13 +328,20 @@ fn unpack(file: &Path, reader: Box<dyn Read>, staging: &Path, max_total: u64) ->
     if manifest.format != FORMAT || manifest.format_version != FORMAT_VERSION {
         return Err(refuse(file, format!("format {} v{} is not {FORMAT} v{FORMAT_VERSION}", manifest.format, manifest.format_version)));
     }
-    let total: u64 = manifest.files.iter().map(|f| f.size).sum();
+    let total = manifest.files.iter().try_fold(0u64, |t, f| t.checked_add(f.size));
+    let Some(total) = total else {
+        return Err(refuse(file, "its manifest's sizes overflow"));
+    };
+    let logs: Vec<&FileEntry> = manifest.files.iter().filter(|f| f.path.starts_with("log/")).collect();
+    if logs.len() > 1 || logs.first().is_some_and(|f| f.path != format!("log/{}.log", manifest.name)) {
+        return Err(refuse(file, format!("its manifest lists logs other than log/{}.log", manifest.name)));
+    }
     if total > max_total {
         bail_hint!(kind: ErrorKind::Archive, "raise --max-size if you trust the archive", "cannot import {}: it holds {} MiB, more than the limit of {} MiB", file.display(), total >> 20, max_total >> 20);
     }
     if let Ok(st) = nix::sys::statvfs::statvfs(staging) {
-        let free = st.blocks_available() * st.fragment_size();
-        if total + (16 << 20) > free {
+        let free = st.blocks_available().saturating_mul(st.fragment_size());
+        if total.saturating_add(16 << 20) > free {
             bail_hint!(kind: ErrorKind::System, "free space where the images go (or set images_dir in the config)", "cannot import {}: it needs {} MiB, {} MiB are free", file.display(), total >> 20, free >> 20);
         }
     }
@@ -382,6 +395,136 @@ fn allowed_path(p: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// xorshift64*: a deterministic stream of mutations.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        }
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n.max(1) as u64) as usize
+        }
+    }
+
+    /// A small valid archive: manifest, two images, a log.
+    fn sample() -> Vec<u8> {
+        let files = vec![
+            FileEntry { path: "images/inventory.img".into(), size: 12 },
+            FileEntry { path: "images/pages-1.img".into(), size: 4096 },
+            FileEntry { path: "log/w.log".into(), size: 5 },
+        ];
+        let m = Manifest {
+            format: FORMAT.into(),
+            format_version: FORMAT_VERSION,
+            name: "w".into(),
+            cns_version: "0".into(),
+            criu_version: "4.2.1".into(),
+            kernel: "k".into(),
+            dumped_at: 0,
+            exported_at: 0,
+            tcp_established: false,
+            file_locks: false,
+            ext_unix_sk: false,
+            shell_job: false,
+            command: vec!["sh".into()],
+            net_mode: NetMode::Veth,
+            files,
+        };
+        let tmp = tempfile::NamedTempFile::new().expect("tmp");
+        let sink: Box<dyn Write> = Box::new(tmp.reopen().expect("reopen"));
+        let mut tar = tar::Builder::new(sink);
+        let body = serde_json::to_vec(&m).expect("json");
+        append(&mut tar, MANIFEST, body.len() as u64, &mut body.as_slice()).expect("manifest");
+        append(&mut tar, "images/inventory.img", 12, &mut [7u8; 12].as_slice()).expect("img");
+        append(&mut tar, "images/pages-1.img", 4096, &mut vec![1u8; 4096].as_slice()).expect("pages");
+        append(&mut tar, "log/w.log", 5, &mut b"hello".as_slice()).expect("log");
+        tar.into_inner().expect("finish").flush().expect("flush");
+        fs::read(tmp.path()).expect("read")
+    }
+
+    /// Every file under `dir`, recursively, with its size.
+    fn tree(dir: &Path) -> Vec<(PathBuf, u64)> {
+        let mut v = Vec::new();
+        for e in fs::read_dir(dir).into_iter().flatten().flatten() {
+            let p = e.path();
+            match fs::symlink_metadata(&p) {
+                Ok(m) if m.is_dir() => v.extend(tree(&p)),
+                Ok(m) => v.push((p, m.len())),
+                Err(_) => {}
+            }
+        }
+        v
+    }
+
+    #[test]
+    fn mutated_and_truncated_archives_never_panic_escape_or_overgrow() {
+        let good = sample();
+        let parent = tempfile::tempdir().expect("tmp");
+        let file = parent.path().join("a.cnsx");
+        let limit = 8192;
+        let mut rng = Rng(0x5eed_cafe_f00d_0001);
+        let mut accepted = 0;
+        for round in 0..3000 {
+            let mut data = good.clone();
+            match round % 3 {
+                0 => data.truncate(rng.below(good.len())),
+                1 => {
+                    for _ in 0..1 + rng.below(8) {
+                        let i = rng.below(data.len());
+                        data[i] = rng.next() as u8;
+                    }
+                }
+                _ => {
+                    // Splice a run of bytes from elsewhere (headers into data, sizes into names).
+                    let (a, b) = (rng.below(data.len()), rng.below(data.len()));
+                    let n = rng.below(64).min(data.len() - a.max(b));
+                    let chunk = data[a..a + n].to_vec();
+                    data[b..b + n].copy_from_slice(&chunk);
+                }
+            }
+            let staging = parent.path().join("staging");
+            fs::create_dir(&staging).expect("staging");
+            let r = unpack(&file, Box::new(std::io::Cursor::new(data)), &staging, limit);
+            let outside: Vec<_> = tree(parent.path()).into_iter().filter(|(p, _)| !p.starts_with(&staging)).collect();
+            assert!(outside.is_empty(), "round {round}: wrote outside staging: {outside:?}");
+            let inside: u64 = tree(&staging).iter().map(|(_, n)| n).sum();
+            assert!(inside <= limit, "round {round}: {inside} bytes unpacked, limit {limit}");
+            if r.is_ok() {
+                accepted += 1;
+            }
+            fs::remove_dir_all(&staging).expect("clean");
+        }
+        // The unmutated archive unpacks (the property is not vacuous).
+        let staging = parent.path().join("staging");
+        fs::create_dir(&staging).expect("staging");
+        assert!(unpack(&file, Box::new(std::io::Cursor::new(good)), &staging, limit).is_ok());
+        assert!(accepted < 3000, "no mutation was refused");
+    }
+
+    #[test]
+    fn manifest_sizes_that_overflow_are_refused() {
+        let parent = tempfile::tempdir().expect("tmp");
+        let m = serde_json::json!({
+            "format": FORMAT, "format_version": FORMAT_VERSION, "name": "w", "cns_version": "0", "criu_version": "4.2.1",
+            "kernel": "k", "dumped_at": 0, "exported_at": 0, "tcp_established": false, "file_locks": false,
+            "ext_unix_sk": false, "shell_job": false, "command": [], "net_mode": "veth",
+            "files": [{"path": "images/a.img", "size": u64::MAX}, {"path": "images/b.img", "size": 2}]
+        });
+        let tmp = tempfile::NamedTempFile::new().expect("tmp");
+        let sink: Box<dyn Write> = Box::new(tmp.reopen().expect("reopen"));
+        let mut tar = tar::Builder::new(sink);
+        let body = serde_json::to_vec(&m).expect("json");
+        append(&mut tar, MANIFEST, body.len() as u64, &mut body.as_slice()).expect("manifest");
+        tar.into_inner().expect("finish").flush().expect("flush");
+        let out = fs::read(tmp.path()).expect("read");
+        let e = unpack(Path::new("x"), Box::new(std::io::Cursor::new(out)), parent.path(), 1 << 30).expect_err("overflow");
+        assert!(e.to_string().contains("overflow"), "{e}");
+    }
 
     #[test]
     fn only_plain_names_under_images_or_log() {

@@ -15,9 +15,11 @@ pub fn criu_failure(op: &str, err: cns_engine::RpcError, log: &Path) -> Error {
     Error::new(ErrorKind::Criu, format!("{op} failed: {first}")).with_hint(format!("see the CRIU log {}", log.display()))
 }
 
-/// A file in `dir` for CRIU's stderr (best effort).
+/// A file in `dir` for CRIU's stderr (best effort): private, and never
+/// through a symlink planted at its name.
 pub fn criu_stderr(dir: &Path, name: &str) -> Option<fs::File> {
-    fs::File::create(dir.join(name)).ok()
+    use std::os::unix::fs::OpenOptionsExt;
+    fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC).open(dir.join(name)).ok()
 }
 
 /// Opens a directory to hand to CRIU as an fd.

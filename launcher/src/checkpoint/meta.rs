@@ -51,6 +51,34 @@ impl Meta {
     }
 }
 
+impl Meta {
+    /// Forgets everything host-facing that the checkpoint's author could
+    /// have written: an archive, or an image directory cns did not write,
+    /// is believed for nothing that reaches the host. The address, ports
+    /// and host link are chosen anew at restore, the log's mountpoint is
+    /// this host's own; an adopted host tree (restored into the host's
+    /// network namespace) is refused.
+    pub fn distrust(&mut self, stdio_mount: &Path) -> Result<()> {
+        let w = &mut self.workload;
+        if w.adopted || w.net.mode == crate::workload::NetMode::Host {
+            return Err(Error::new(ErrorKind::Invalid, "the checkpoint is of an adopted host tree, which restores into the host's own network namespace")
+                .with_hint("restore it on the machine that dumped it, with its own image directory"));
+        }
+        w.net.addrs = None;
+        w.net.publish.clear();
+        w.net.host_if = None;
+        if w.stdio_mount.is_some() {
+            w.stdio_mount = Some(stdio_mount.to_path_buf());
+        }
+        w.pid = None;
+        w.pid_start = None;
+        w.shim_pid = None;
+        w.shim_start = None;
+        w.namespaces = Default::default();
+        Ok(())
+    }
+}
+
 /// Reads `cns.json` from `dir`.
 pub fn read_meta(dir: &Path) -> Result<Meta> {
     let p = dir.join(META_FILE);
@@ -89,9 +117,9 @@ pub fn meta_findings(meta: &Meta, criu: Option<&cns_engine::Criu>, check_ports: 
         ));
     }
     if check_ports {
-        for &(host, _) in &meta.workload.net.publish {
-            if std::net::TcpListener::bind(("0.0.0.0", host)).is_err() {
-                out.push(Finding::new(Severity::Blocker, "port", format!("host port {host}"), "a published port is taken on this host", "stop what listens there, or restore a copy with --as (copies publish nothing)"));
+        for p in &meta.workload.net.publish {
+            if std::net::TcpListener::bind((p.host_ip.unwrap_or(std::net::Ipv4Addr::UNSPECIFIED), p.host_port)).is_err() {
+                out.push(Finding::new(Severity::Blocker, "port", format!("host port {}", p.host_port), "a published port is taken on this host", "stop what listens there, or restore a copy with --as (copies publish nothing)"));
             }
         }
     }

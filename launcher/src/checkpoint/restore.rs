@@ -44,6 +44,10 @@ pub struct RestoreOptions {
     pub detach: bool,
     /// Write the host PID of the restored root here.
     pub pidfile: Option<PathBuf>,
+    /// Publish ports (`[HOSTIP:]HOSTPORT:PORT`) instead of the checkpoint's
+    /// own (an in-place restore keeps its own when none are given; a copy
+    /// and an imported checkpoint publish only these).
+    pub publish: Vec<String>,
 }
 
 /// A restored, running workload.
@@ -82,6 +86,8 @@ pub struct RestorePlan {
     pub criu: cns_engine::Criu,
     pub options: CriuOptions,
     pub pidfile: Option<PathBuf>,
+    /// The ports to publish.
+    pub publish: Vec<crate::net::Publish>,
 }
 
 impl RestorePlan {
@@ -113,7 +119,12 @@ pub fn plan(rt: &Runtime, opts: &RestoreOptions) -> Result<RestorePlan> {
     ImageDir::new(&images).validate().map_err(|e| {
         Error::new(ErrorKind::NotFound, format!("cannot restore {}: {e}", opts.name)).with_hint("dump it again, or point --images at a complete checkpoint")
     })?;
-    let meta = read_meta(&images)?;
+    let mut meta = read_meta(&images)?;
+    let own = rt.store.get(&meta.workload.name).ok().and_then(|w| w.images).is_some_and(|d| same_dir(&d, &images));
+    if !own {
+        // Not a checkpoint this host's cns recorded: believe it for nothing host-facing.
+        meta.distrust(&rt.store.paths.stdio_mount())?;
+    }
     if meta.workload.name != opts.name && opts.as_name.is_none() && opts.images.is_some() {
         return Err(Error::invalid(
             format!("the images in {} belong to workload {}, not {}", images.display(), meta.workload.name, opts.name),
@@ -137,6 +148,16 @@ pub fn plan(rt: &Runtime, opts: &RestoreOptions) -> Result<RestorePlan> {
         (NetMode::Veth, _) => (Address::Fresh, Some(net::host_veth_name(&new_name))),
         _ => (Address::None, None),
     };
+    let publish = if !opts.publish.is_empty() {
+        if host_if.is_none() {
+            return Err(Error::invalid("the checkpoint has no veth: -p needs one", "drop -p"));
+        }
+        opts.publish.iter().map(|p| net::parse_publish(p)).collect::<Result<Vec<_>>>()?
+    } else if in_place && address != Address::Fresh {
+        meta.workload.net.publish.clone()
+    } else {
+        vec![]
+    };
     let log = rt.store.paths.log_file(&new_name);
     let mut o = CriuOptions::restore(&images, format!("restore-{new_name}.log"));
     o.flags = opts.flags.union(meta.flags);
@@ -146,7 +167,7 @@ pub fn plan(rt: &Runtime, opts: &RestoreOptions) -> Result<RestorePlan> {
     if meta.workload.stdio_mount.is_some() {
         o.external.push(format!("mnt[{STDIO_KEY}]:{}", log.display()));
     }
-    Ok(RestorePlan { new_name, images, meta, in_place, address, host_if, log, criu: rt.criu()?, options: o, pidfile: opts.pidfile.clone() })
+    Ok(RestorePlan { new_name, images, meta, in_place, address, host_if, log, criu: rt.criu()?, options: o, pidfile: opts.pidfile.clone(), publish })
 }
 
 fn same_dir(a: &Path, b: &Path) -> bool {
@@ -279,9 +300,9 @@ fn network(rt: &Runtime, plan: &RestorePlan, rollback: &mut Rollback<'_>) -> Res
             let p = net::NetPlan { mode: NetMode::Veth, ip: None, publish: vec![] };
             net.addrs = net::lease(rt, &plan.new_name, &p)?;
             rollback.lease = net.addrs;
-            net.publish.clear();
         }
     }
+    net.publish = plan.publish.clone();
     if let Some(h) = &net.host_if {
         if let Ok(nl) = cns_netns::Netlink::new() {
             if plan.in_place {

@@ -8,6 +8,7 @@ use cns_netns::{LinkAddrs, Netlink};
 
 use crate::error::{Context, Error, Result};
 use crate::runtime::Runtime;
+pub use crate::workload::Publish;
 use crate::workload::{NetConfig, NetMode};
 
 pub use names::host_veth_name;
@@ -17,15 +18,21 @@ pub use names::host_veth_name;
 pub struct NetPlan {
     pub mode: NetMode,
     pub ip: Option<LinkAddrs>,
-    pub publish: Vec<(u16, u16)>,
+    pub publish: Vec<Publish>,
 }
 
-/// Parses `-p HOSTPORT:PORT`.
-pub fn parse_publish(p: &str) -> Result<(u16, u16)> {
-    let parsed = p.split_once(':').and_then(|(h, c)| Some((h.parse::<u16>().ok()?, c.parse::<u16>().ok()?)));
-    match parsed {
-        Some((h, c)) if h != 0 && c != 0 => Ok((h, c)),
-        _ => Err(Error::invalid(format!("invalid port mapping {p:?}"), "use -p HOSTPORT:PORT, e.g. -p 8080:80")),
+/// Parses `-p [HOSTIP:]HOSTPORT:PORT` (as docker spells it, TCP).
+pub fn parse_publish(p: &str) -> Result<Publish> {
+    let bad = || Error::invalid(format!("invalid port mapping {p:?}"), "use -p [HOSTIP:]HOSTPORT:PORT, e.g. -p 8080:80 or -p 127.0.0.1:8080:80");
+    let parts: Vec<&str> = p.split(':').collect();
+    let (ip, h, c) = match parts.as_slice() {
+        [h, c] => (None, h, c),
+        [ip, h, c] => (Some(ip.parse::<std::net::Ipv4Addr>().map_err(|_| bad())?), h, c),
+        _ => return Err(bad()),
+    };
+    match (h.parse::<u16>(), c.parse::<u16>()) {
+        (Ok(h), Ok(c)) if h != 0 && c != 0 => Ok(Publish { host_ip: ip, host_port: h, port: c }),
+        _ => Err(bad()),
     }
 }
 

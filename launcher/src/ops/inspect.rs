@@ -30,7 +30,8 @@ pub fn inspect(rt: &Runtime, target: &str) -> Result<serde_json::Value> {
             "host_ip": w.net.addrs.map(|a| a.host.to_string()),
             "prefix": w.net.addrs.map(|a| a.prefix),
             "host_if": w.net.host_if,
-            "publish": w.net.publish,
+            "publish": w.net.publish.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
+            "publish_connection_limit": crate::net::publish::MAX_CONNECTIONS,
         }));
         v.insert("log".into(), serde_json::to_value(&w.log)?);
         v.insert("restored_from".into(), serde_json::to_value(&w.restored_from)?);

@@ -140,6 +140,9 @@ fn start_locked(rt: &Runtime, opts: &RunOptions, c: &Checked, locked: &Locked, r
     if let Some(h) = &host_if {
         net::check_host_if(rt, name, h)?;
     }
+    // A failed run leaves no veth (the kernel's own cleanup of a dead
+    // netns is asynchronous).
+    rollback.host_if = host_if.clone();
     let log = rt.store.paths.log_file(name);
     marker.lease = lease;
     marker.host_if = host_if.clone();

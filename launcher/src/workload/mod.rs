@@ -8,5 +8,5 @@ pub mod store;
 
 pub use config::Config;
 pub use paths::Paths;
-pub use record::{NetConfig, NetMode, State, Workload, generate_name, validate_name};
+pub use record::{NetConfig, NetMode, Publish, State, Workload, generate_name, validate_name};
 pub use store::{Locked, Store};

@@ -83,15 +83,52 @@ impl std::str::FromStr for NetMode {
     }
 }
 
+/// One published port: `[HOSTIP:]HOSTPORT:PORT`, TCP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "PublishRepr")]
+pub struct Publish {
+    /// The host address to listen on (default: every address, 0.0.0.0).
+    pub host_ip: Option<std::net::Ipv4Addr>,
+    pub host_port: u16,
+    /// The workload's port.
+    pub port: u16,
+}
+
+/// Records before `HOSTIP` was accepted held `[HOSTPORT, PORT]` pairs.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum PublishRepr {
+    Pair(u16, u16),
+    Full { host_ip: Option<std::net::Ipv4Addr>, host_port: u16, port: u16 },
+}
+
+impl From<PublishRepr> for Publish {
+    fn from(r: PublishRepr) -> Publish {
+        match r {
+            PublishRepr::Pair(host_port, port) => Publish { host_ip: None, host_port, port },
+            PublishRepr::Full { host_ip, host_port, port } => Publish { host_ip, host_port, port },
+        }
+    }
+}
+
+impl std::fmt::Display for Publish {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.host_ip {
+            Some(ip) => write!(f, "{ip}:{}:{}", self.host_port, self.port),
+            None => write!(f, "{}:{}", self.host_port, self.port),
+        }
+    }
+}
+
 /// Network settings of a workload.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct NetConfig {
     pub mode: NetMode,
     pub host_if: Option<String>,
     pub addrs: Option<cns_netns::LinkAddrs>,
-    /// Published ports: (host port, workload port).
+    /// Published ports.
     #[serde(default)]
-    pub publish: Vec<(u16, u16)>,
+    pub publish: Vec<Publish>,
 }
 
 /// The record of one workload.
@@ -223,6 +260,16 @@ mod tests {
         let g = generate_name();
         assert!(validate_name(&g).is_ok());
         assert_ne!(g, generate_name());
+    }
+
+    #[test]
+    fn published_ports_read_old_pairs_and_new_objects() {
+        let old: Vec<Publish> = serde_json::from_str("[[8080, 80]]").expect("pairs");
+        assert_eq!(old, vec![Publish { host_ip: None, host_port: 8080, port: 80 }]);
+        let p = Publish { host_ip: Some(std::net::Ipv4Addr::LOCALHOST), host_port: 1, port: 2 };
+        let back: Publish = serde_json::from_str(&serde_json::to_string(&p).expect("json")).expect("json");
+        assert_eq!(back, p);
+        assert_eq!(p.to_string(), "127.0.0.1:1:2");
     }
 
     #[test]
