@@ -35,10 +35,10 @@ pub struct StartArgs {
 /// `-p`: run and restore.
 #[derive(Debug, Args, Clone)]
 pub struct PublishArg {
-    /// Publish a port: [HOSTIP:]HOSTPORT:PORT (TCP, forwarded to the workload; every host
-    /// address when HOSTIP is left out; at most 256 connections at once; repeatable). At restore
-    /// it replaces the checkpoint's own ports
-    #[arg(short = 'p', long = "publish", value_name = "[HOSTIP:]HOSTPORT:PORT")]
+    /// Publish a port: [HOSTIP:]HOSTPORT:PORT (TCP, forwarded to the workload; all host
+    /// addresses without HOSTIP; at most 256 connections at once; at restore, instead of the
+    /// checkpoint's own; repeatable)
+    #[arg(short = 'p', long = "publish", value_name = "[IP:]PORT:PORT")]
     pub publish: Vec<String>,
 }
 
