@@ -278,3 +278,73 @@ fn published_ports_bind_the_host_address_asked_for_and_inspect_shows_them() {
     let e = fails(&["run", "-d", "--name", &name("pubbad"), "-p", "1.2.3:80:80", "--", "true"]);
     assert!(e.contains("invalid port mapping"), "{e}");
 }
+
+#[test]
+fn exec_enters_with_the_workloads_capabilities_seccomp_cwd_and_only_stdio() {
+    let n = name("execcap");
+    let _c = Cleanup(vec![n.clone()]);
+    let dir = tempfile::tempdir().expect("tmp");
+    let filter = dir.path().join("deny-mkdir.json");
+    std::fs::write(&filter, r#"{"main":{"mismatch_action":"allow","match_action":{"errno":1},"filter":[{"syscall":"mkdir"},{"syscall":"mkdirat"}]}}"#).expect("filter");
+    ok(&["run", "-d", "--name", &n, "--cap-drop", "all", "--seccomp", filter.to_str().expect("utf8"), "--cwd", "/tmp", "--", "sleep", "1000"]);
+    let probe = format!("grep -E '^(CapEff|CapBnd|NoNewPrivs|Seccomp):' /proc/self/status; pwd; ls /proc/self/fd | tr '\\n' ' '; echo; mkdir /tmp/{n}-x 2>&1 || echo mkdir-denied");
+    let out = ok(&["exec", &n, "--", "sh", "-c", &probe]);
+    assert!(out.contains("CapEff:\t0000000000000000"), "exec kept capabilities the workload dropped:\n{out}");
+    assert!(out.contains("CapBnd:\t0000000000000000"), "{out}");
+    assert!(out.contains("NoNewPrivs:\t1"), "{out}");
+    assert!(out.contains("Seccomp:\t2"), "exec ran without the workload's seccomp filter:\n{out}");
+    assert!(out.contains("mkdir-denied"), "{out}");
+    assert!(!std::path::Path::new(&format!("/tmp/{n}-x")).exists());
+    assert!(out.lines().any(|l| l == "/tmp"), "exec did not start in the workload's cwd:\n{out}");
+    // ls's own directory fd aside, only 0, 1, 2.
+    let fds: Vec<&str> = out.lines().find(|l| l.starts_with("0 1 2")).expect("fd list").split_whitespace().collect();
+    assert!(fds.len() <= 4, "exec carried extra fds into the workload: {fds:?}");
+}
+
+#[test]
+fn the_workload_cannot_see_or_plant_files_in_cns_state_before_or_after_restore() {
+    let n = name("mask");
+    let _c = Cleanup(vec![n.clone()]);
+    ok(&["run", "-d", "--name", &n, "--cap-drop", "all", "--", "sh", "-c", COUNTER]);
+    wait_for("the counter", 20, || last_count(&n).is_some());
+    let probe = "for d in /run/cns /var/lib/cns/images /var/lib/cns/logs /var/lib/cns/bin; do \
+                 touch $d/planted-by-workload 2>/dev/null && echo WROTE $d; done; \
+                 ls -A /run/cns /var/lib/cns/images /var/lib/cns/logs | grep -v ':$' | grep . && echo SAW-STATE; \
+                 echo probed";
+    let check = |when: &str| {
+        let out = ok(&["exec", &n, "--", "sh", "-c", probe]);
+        assert!(out.contains("probed"), "{out}");
+        assert!(!out.contains("WROTE"), "{when}: the workload wrote into cns's directories:\n{out}");
+        assert!(!out.contains("SAW-STATE"), "{when}: the workload sees cns's state:\n{out}");
+        for d in ["/run/cns", "/var/lib/cns/images", "/var/lib/cns/logs", "/var/lib/cns/bin"] {
+            assert!(!Path::new(&format!("{d}/planted-by-workload")).exists(), "{when}: planted in {d}");
+        }
+    };
+    check("after run");
+    ok(&["dump", &n]);
+    ok(&["restore", "-d", &n]);
+    check("after restore");
+    let k = last_count(&n).expect("count");
+    wait_for("the restored counter to go on", 20, || last_count(&n).is_some_and(|c| c > k + 2));
+}
+
+#[test]
+fn an_altered_init_binary_is_never_run_and_is_replaced() {
+    let n = name("initv");
+    let lib = tempfile::tempdir().expect("lib");
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(cns_bin()).args(args).env("CNS_LIB_DIR", lib.path()).output().expect("cns");
+        assert!(out.status.success(), "cns {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    run(&["run", "-d", "--name", &n, "--", "sleep", "1000"]);
+    run(&["rm", "-f", &n]);
+    let bin = std::fs::read_dir(lib.path().join("bin")).expect("bin").flatten().map(|e| e.path()).find(|p| p.file_name().is_some_and(|f| f.to_string_lossy().starts_with("cns-init-"))).expect("init copy");
+    let len = std::fs::metadata(&bin).expect("stat").len();
+    std::fs::write(&bin, vec![0u8; len as usize]).expect("alter");
+    run(&["run", "-d", "--name", &n, "--", "sleep", "1000"]);
+    let same = std::fs::read(&bin).expect("copy") == std::fs::read(cns_bin()).expect("cns");
+    let exe = ps_entry(&n).and_then(|e| e["pid"].as_i64()).and_then(|p| std::fs::read_link(format!("/proc/{p}/exe")).ok());
+    run(&["rm", "-f", &n]);
+    assert!(same, "the altered init copy was kept");
+    assert!(exe.is_some_and(|e| e.to_string_lossy().contains("cns-init-")), "the workload's PID 1 is not the init copy");
+}

@@ -54,6 +54,11 @@ impl Runtime {
         self.images_root().join(name)
     }
 
+    /// The directory of the config file (`/etc/cns`).
+    pub fn config_dir(&self) -> PathBuf {
+        crate::workload::Config::path().parent().map_or_else(|| PathBuf::from("/etc/cns"), PathBuf::from)
+    }
+
     /// The CRIU log of `name`'s last failed dump, kept beside the images.
     pub fn failed_dump_log(&self, name: &str) -> PathBuf {
         self.images_root().join(format!("{name}.failed-dump.log"))

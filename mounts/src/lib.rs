@@ -29,6 +29,8 @@ pub enum MountError {
     Bind { src: PathBuf, target: PathBuf, source: nix::Error },
     #[error("reading {path} failed: {source}")]
     Read { path: PathBuf, source: std::io::Error },
+    #[error("masking {path} failed: {source}")]
+    Mask { path: PathBuf, source: nix::Error },
 }
 
 impl MountError {
@@ -36,7 +38,7 @@ impl MountError {
     pub fn errno(&self) -> Option<nix::Error> {
         match self {
             MountError::MakePrivate(e) | MountError::Proc(e) => Some(*e),
-            MountError::UnmountNsfs { source, .. } | MountError::Tmpfs { source, .. } | MountError::Bind { source, .. } => Some(*source),
+            MountError::UnmountNsfs { source, .. } | MountError::Tmpfs { source, .. } | MountError::Bind { source, .. } | MountError::Mask { source, .. } => Some(*source),
             MountError::Read { .. } => None,
         }
     }
@@ -172,6 +174,33 @@ pub fn bind_file(src: &Path, target: &Path) -> Result<(), MountError> {
         .map_err(|source| MountError::Bind { src: src.to_path_buf(), target: target.to_path_buf(), source })?;
     mount(None::<&str>, target, None::<&str>, MsFlags::MS_PRIVATE, None::<&str>)
         .map_err(|source| MountError::Bind { src: src.to_path_buf(), target: target.to_path_buf(), source })
+}
+
+/// Hides the directory `path` from this mount namespace under an empty,
+/// read-only tmpfs (what cns does to its own state, images and logs inside
+/// a workload). A missing `path` is left alone. Without CAP_SYS_ADMIN the
+/// workload cannot lift the mask.
+pub fn mask_dir(path: &Path) -> Result<bool, MountError> {
+    if !path.is_dir() {
+        return Ok(false);
+    }
+    let flags = MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    mount(Some("cns-mask"), path, Some("tmpfs"), flags, Some("size=4k,mode=0500"))
+        .map_err(|source| MountError::Mask { path: path.to_path_buf(), source })?;
+    Ok(true)
+}
+
+/// Makes the directory `path` read-only in this mount namespace (a bind
+/// mount onto itself, remounted read-only). A missing `path` is left alone.
+pub fn bind_readonly(path: &Path) -> Result<bool, MountError> {
+    if !path.is_dir() {
+        return Ok(false);
+    }
+    let err = |source| MountError::Mask { path: path.to_path_buf(), source };
+    mount(Some(path), path, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>).map_err(err)?;
+    let ro = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+    mount(None::<&str>, path, None::<&str>, ro, None::<&str>).map_err(err)?;
+    Ok(true)
 }
 
 /// The whole mount-namespace preparation, in order. Must run inside a fresh

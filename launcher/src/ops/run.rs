@@ -186,6 +186,8 @@ fn start_locked(rt: &Runtime, opts: &RunOptions, c: &Checked, locked: &Locked, r
         seccomp: c.seccomp.clone(),
         net: w.net.addrs,
         init_binary: spawn::init_binary(&rt.store.paths.lib)?,
+        masked: masked_dirs(rt)?,
+        read_only: vec![rt.store.paths.lib.join("bin"), rt.config_dir()],
     };
     let (pid, monitor) = launch(rt, &spec, &w.net, locked, opts.detach)?;
     w.mark_running(pid, monitor);
@@ -201,6 +203,17 @@ fn start_locked(rt: &Runtime, opts: &RunOptions, c: &Checked, locked: &Locked, r
     }
     recovery::end(&locked.dir);
     Ok(Started { name: name.clone(), pid, log })
+}
+
+/// cns's directories a workload must not see: the state root, the images
+/// root and the logs (each created first, so the mask has a place).
+fn masked_dirs(rt: &Runtime) -> Result<Vec<PathBuf>> {
+    use crate::error::Context;
+    let dirs = vec![rt.store.paths.state.clone(), rt.images_root(), rt.store.paths.logs()];
+    for d in &dirs {
+        crate::files::mkdir_private(d).with_context(|| format!("cannot create {}", d.display()))?;
+    }
+    Ok(dirs)
 }
 
 /// Starts the tree, in a detached monitor or as the caller's child, and

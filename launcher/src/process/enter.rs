@@ -9,13 +9,23 @@ use nix::unistd::ForkResult;
 use crate::error::{Context, EXIT_CANNOT_EXEC, EXIT_NOT_FOUND, Error, ErrorKind, Result};
 use crate::process::handle::Process;
 
-/// What to run inside the workload.
+/// What to run inside the workload, and the confinement of the workload's
+/// own command that it gets too.
 #[derive(Debug, Clone)]
 pub struct EnterSpec<'a> {
     /// The workload's name, for messages.
     pub name: &'a str,
     pub command: &'a [String],
     pub env: &'a [(String, String)],
+    /// The capabilities the workload dropped.
+    pub cap_drop: &'a crate::process::security::CapDrop,
+    /// The workload's seccomp filter.
+    pub seccomp: Option<&'a seccompiler::BpfProgram>,
+    /// Set no_new_privs (the workload's command has it).
+    pub no_new_privs: bool,
+    /// The process whose working directory the command starts in (the
+    /// workload's command); `None`: the root's.
+    pub cwd_of: Option<i32>,
 }
 
 /// Joins the namespaces of `root` (its user, ipc, uts, net, pid, time,
@@ -41,7 +51,7 @@ pub fn run_inside(root: &Process, spec: &EnterSpec<'_>) -> Result<i32> {
         }
     }
     let rootdir = std::fs::File::open(format!("/proc/{pid}/root")).with_context(|| format!("cannot open the root of {}", spec.name))?;
-    let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).unwrap_or_else(|_| "/".into());
+    let cwd = std::fs::read_link(format!("/proc/{}/cwd", spec.cwd_of.unwrap_or(pid))).unwrap_or_else(|_| "/".into());
     if root.exited() {
         return Err(Error::new(ErrorKind::State, format!("workload {} stopped while cns was entering it", spec.name)));
     }
@@ -59,13 +69,38 @@ pub fn run_inside(root: &Process, spec: &EnterSpec<'_>) -> Result<i32> {
     }
 }
 
+/// Reports a setup failure of the child on stderr and ends it.
+fn fail(what: &str, e: impl std::fmt::Display) -> ! {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "cns: exec: {what}: {e}");
+    // SAFETY: leaving the forked child without running destructors.
+    unsafe { libc::_exit(crate::error::EXIT_CNS) }
+}
+
 fn exec_child(spec: &EnterSpec<'_>) -> ! {
     use std::io::Write;
     for (k, v) in spec.env {
         // SAFETY: single-threaded child before exec.
         unsafe { std::env::set_var(k, v) };
     }
+    // Only stdio crosses into the workload.
+    crate::process::spawn::close_fds_from(3, true);
+    if let Err(e) = spec.cap_drop.apply() {
+        fail("dropping capabilities", e);
+    }
+    if spec.no_new_privs {
+        // SAFETY: prctl on ourselves with constant arguments.
+        if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+            fail("setting no_new_privs", nix::Error::last());
+        }
+    }
     let args: Vec<std::ffi::CString> = spec.command.iter().filter_map(|a| std::ffi::CString::new(a.as_bytes()).ok()).collect();
+    // The workload's seccomp filter last, as close to exec as in `run`.
+    if let Some(prog) = spec.seccomp {
+        if let Err(e) = seccompiler::apply_filter(prog) {
+            fail("installing the workload's seccomp filter", e);
+        }
+    }
     let e = match args.first() {
         Some(p) => nix::unistd::execvp(p, &args).err(),
         None => None,

@@ -46,6 +46,10 @@ pub struct Spec {
     pub net: Option<cns_netns::LinkAddrs>,
     /// The binary init re-executes as (see [`init_binary`]).
     pub init_binary: PathBuf,
+    /// cns's own directories: hidden inside the workload (state, images, logs).
+    pub masked: Vec<PathBuf>,
+    /// cns's directories the workload may see but not change (init's binary, the config).
+    pub read_only: Vec<PathBuf>,
 }
 
 /// The binary the workload's init runs: a copy of this cns binary under the
@@ -60,10 +64,17 @@ pub fn init_binary(lib: &std::path::Path) -> crate::error::Result<PathBuf> {
     let dir = lib.join("bin");
     let path = dir.join(format!("cns-init-{}-{}-{}", env!("CARGO_PKG_VERSION"), m.size(), m.mtime()));
     if path.exists() {
-        return Ok(path);
+        // Verified before every use: a copy that is not byte for byte this
+        // binary (a workload with CAP_SYS_ADMIN could have replaced it) is
+        // never run as a workload's PID 1.
+        if same_content(&exe, &path) {
+            return Ok(path);
+        }
+        tracing::warn!(path = %path.display(), "the init copy differs from cns: replacing it");
+        std::fs::remove_file(&path).with_context(|| format!("cannot remove the altered {}", path.display()))?;
     }
     crate::files::mkdir_private(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let tmp = dir.join(format!(".init.{}", std::process::id()));
+    let tmp = dir.join(format!(".init.{:016x}", crate::files::random_u64()));
     std::fs::copy(&exe, &tmp).with_context(|| format!("cannot copy {} to {}", exe.display(), tmp.display()))?;
     std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o700)).context("cannot set the mode of the init copy")?;
     // link(2), not rename(2): a concurrent cns may have installed the same
@@ -75,6 +86,26 @@ pub fn init_binary(lib: &std::path::Path) -> crate::error::Result<PathBuf> {
         Ok(()) => Ok(path),
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(path),
         Err(e) => Err(Error::wrap(format!("cannot install {}", path.display()), e)),
+    }
+}
+
+/// Whether two files hold the same bytes (read in 1 MiB chunks; the
+/// binary is in the page cache, so this costs a few milliseconds).
+fn same_content(a: &std::path::Path, b: &std::path::Path) -> bool {
+    use std::io::Read;
+    let (Ok(mut fa), Ok(mut fb)) = (std::fs::File::open(a), std::fs::File::open(b)) else { return false };
+    if fa.metadata().map(|m| m.len()).ok() != fb.metadata().map(|m| m.len()).ok() {
+        return false;
+    }
+    let (mut ba, mut bb) = (vec![0u8; 1 << 20], vec![0u8; 1 << 20]);
+    loop {
+        let Ok(n) = fa.read(&mut ba) else { return false };
+        if n == 0 {
+            return fb.read(&mut bb[..1]).is_ok_and(|m| m == 0);
+        }
+        if fb.read_exact(&mut bb[..n]).is_err() || ba[..n] != bb[..n] {
+            return false;
+        }
     }
 }
 
@@ -245,6 +276,15 @@ fn setup_namespace(spec: &Spec, go: OwnedFd) -> Result<(), StepError> {
         StepError::new("bind-mount the log", e, errno, "check the cns lib directory")
     })?;
     open_stdio(&spec.stdio_mount)?;
+    // 6. cns's own state, images and logs are not the workload's to see or
+    //    plant files in; init's binary and the config only to read. (After
+    //    stdio: the log is reached through its own bind mount.)
+    for p in &spec.masked {
+        cns_mounts::mask_dir(p).map_err(|e| StepError::new("hiding cns's state", &e, e.errno().map(|x| x as i32), e.hint()))?;
+    }
+    for p in &spec.read_only {
+        cns_mounts::bind_readonly(p).map_err(|e| StepError::new("protecting cns's binaries", &e, e.errno().map(|x| x as i32), e.hint()))?;
+    }
     Ok(())
 }
 

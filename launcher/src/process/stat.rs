@@ -47,6 +47,11 @@ pub fn is_namespace_init(pid: i32) -> bool {
     ids.len() >= 2 && ids.last() == Some(&"1")
 }
 
+/// Whether `pid` runs with no_new_privs.
+pub fn has_no_new_privs(pid: i32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/status")).is_ok_and(|s| s.lines().any(|l| l.starts_with("NoNewPrivs:") && l.trim_end().ends_with('1')))
+}
+
 /// The first child of `pid` (an adopted tree's root under its namespace init).
 pub fn first_child(pid: i32) -> Option<i32> {
     fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).ok()?.split_whitespace().next()?.parse().ok()
