@@ -35,7 +35,7 @@ const RULES: &[Rule] = &[
     },
     Rule {
         code: "shell-job",
-        needles: &["Unable to find a master for", "tty: Can't", "Can't dump tty", "Need to use --shell-job"],
+        needles: &["Unable to find a master for", "tty: Can't", "Can't dump tty", "Need to use --shell-job", "without correspond master peer"],
         message: "the tree uses a terminal (tty) that belongs to a process outside it",
         hint: "dump and restore with --shell-job, or start the workload with its stdio on files (as `cns run` does)",
     },
@@ -198,6 +198,7 @@ mod tests {
             ("Error (criu/mount.c:753): mnt: 1234:./run/netns/x doesn't have a proper root mount", "no-root-mount"),
             ("Error (criu/files-reg.c:2175): File usr/lib/libc.so.6 has bad size 10 (expect 20)", "file-changed"),
             ("Error (criu/net.c:1469): Unknown peer net namespace", "veth-peer"),
+            ("Error (criu/tty.c:410): tty: Found slave peer index 1 without correspond master peer", "shell-job"),
             ("Error (criu/cr-restore.c:1237): Can't fork for 4242: File exists", "pid-in-use"),
         ];
         for (line, code) in cases {
