@@ -130,6 +130,24 @@ const RULES: &[Rule] = &[
         hint: "run scripts/install-criu to build CRIU >= 4.2",
     },
     Rule {
+        code: "rlimit-other-user",
+        needles: &["Can't get rlimit"],
+        message: "CRIU cannot read the rlimits of a process of another user: it lacks CAP_SYS_RESOURCE on this host",
+        hint: "run cns with CAP_SYS_RESOURCE (see `grep CapEff /proc/self/status`), or run the tree's processes as root",
+    },
+    Rule {
+        code: "link-remap",
+        needles: &["Can't link remap", "link-remap", "Can't dump link remapped"],
+        message: "the tree holds a file that was unlinked while another hard link keeps it alive",
+        hint: "dump with --link-remap (cns turns it on when pre-flight sees such a file)",
+    },
+    Rule {
+        code: "evasive-device",
+        needles: &["evasive-devices", "Can't lookup device"],
+        message: "the tree holds a device node that is no longer at its path",
+        hint: "dump with --evasive-devices, or put the device node back",
+    },
+    Rule {
         code: "pid-ns-only",
         needles: &["can only be restored in a new pid namespace"],
         message: "this checkpoint can only be restored in a new pid namespace",
@@ -155,7 +173,9 @@ pub fn is_harmless(line: &str) -> bool {
 /// Explains the first recognised cause in a CRIU log.
 pub fn explain_log(log: &str) -> Option<Explanation> {
     // Earlier lines are the cause; later ones are CRIU unwinding.
-    for line in log.lines() {
+    // Only CRIU's error lines: a debug line that happens to mention a
+    // needle (a file name, an option in a usage hint) is not the cause.
+    for line in log.lines().filter(|l| l.contains("Error")) {
         if is_harmless(line) {
             continue;
         }
@@ -173,13 +193,24 @@ pub fn explain_log(log: &str) -> Option<Explanation> {
     None
 }
 
-/// The first `Error` line of a CRIU log that is not known noise, for failures
-/// no rule knows.
+/// The first of CRIU's own `Error (file.c:N): ...` lines that is not known
+/// noise, for failures no rule knows — never a debug line that merely
+/// mentions "error" (a path such as `.../error.log`, an smaps entry).
+/// Returned without the timestamp and source location.
 pub fn first_error(log: &str) -> Option<String> {
-    log.lines()
-        .filter(|l| l.contains("Error") || l.contains("error"))
-        .find(|l| !is_harmless(l))
-        .map(|l| l.trim().to_string())
+    log.lines().filter(|l| !is_harmless(l)).find_map(criu_error_text).filter(|t| !t.starts_with("Dumping FAILED") && !t.starts_with("Restoring FAILED"))
+}
+
+/// The text of a CRIU `Error (src:line): text` line.
+fn criu_error_text(line: &str) -> Option<String> {
+    let rest = line.split_once("Error (")?.1;
+    let (loc, text) = rest.split_once("): ")?;
+    // CRIU's location is a source path and line: `criu/files-reg.c:123`.
+    if !loc.contains(".c:") {
+        return None;
+    }
+    let text = text.trim();
+    (!text.is_empty()).then(|| text.to_string())
 }
 
 #[cfg(test)]
@@ -216,6 +247,19 @@ mod tests {
                    Error: ipv4: Address already assigned.\n";
         assert_eq!(explain_log(log), None);
         assert_eq!(first_error(log), None);
+    }
+
+    #[test]
+    fn first_error_is_criu_s_own_error_line_not_a_debug_line() {
+        let log = "(00.01) Dumping path for 2 fd via self 21 [/var/lib/cns/logs/error.log]\n\
+                   (00.02) Handling VMA with the following smaps entry: 7f00-7f10 rw-p error\n\
+                   (00.03) Error (criu/util.c:1534): rlimit: Can't setup RLIMIT_NOFILE for self: Operation not permitted\n\
+                   (00.04) Error (criu/sk-queue.c:300): sk-queue: Can't peek a message: Bad thing\n\
+                   (00.05) Error (criu/cr-dump.c:1975): Dumping FAILED.\n";
+        assert_eq!(first_error(log).as_deref(), Some("sk-queue: Can't peek a message: Bad thing"));
+        assert_eq!(first_error("(00.05) Error (criu/cr-dump.c:1975): Dumping FAILED.\n"), None);
+        let rl = "(00.2) Error (criu/cr-dump.c:389): Can't get rlimit 0: Operation not permitted\n";
+        assert_eq!(explain_log(rl).map(|e| e.code), Some("rlimit-other-user"));
     }
 
     #[test]

@@ -80,10 +80,52 @@ pub struct TreeEntry {
 /// A regular file the image refers to (files.img).
 #[derive(Debug, Clone, serde::Serialize, PartialEq, Eq)]
 pub struct ImageFile {
+    /// CRIU's file id (remaps refer to it).
+    pub id: u32,
     pub path: String,
+    /// The open flags (O_PATH, O_NOFOLLOW, ...).
+    pub flags: u32,
+    /// The mount the file was reached through (-1: unknown).
+    pub mnt_id: i32,
+    /// An external file (`--external file[...]`), not looked up by path.
+    pub ext: bool,
     pub size: Option<u64>,
     pub mode: Option<u32>,
     pub build_id: Vec<u32>,
+}
+
+/// A mount of the dumped mount namespace (mountpoints-*.img).
+#[derive(Debug, Clone, serde::Serialize, PartialEq, Eq)]
+pub struct ImageMount {
+    pub mnt_id: u32,
+    /// CRIU's fstype (1 proc, 2 sysfs, 3 devtmpfs, 5 tmpfs, 6 devpts, 14 mqueue, ...).
+    pub fstype: u32,
+    pub root_dev: u32,
+    /// The mount's root within its filesystem (a bind mount's source path).
+    pub root: String,
+    pub mountpoint: String,
+    /// Declared external (`--external mnt[...]`): CRIU maps it, never looks it up.
+    pub external: bool,
+}
+
+/// CRIU's remap kinds.
+#[derive(Debug, Clone, Copy, serde::Serialize, PartialEq, Eq)]
+pub enum RemapKind {
+    /// Unlinked but still linked elsewhere (`--link-remap`): a link CRIU made.
+    Linked,
+    /// Unlinked: the content travels in the image.
+    Ghost,
+    /// A /proc path CRIU resolves itself.
+    Procfs,
+    Other(u32),
+}
+
+/// A file CRIU does not look up by its own path at restore (remap-fpath.img).
+#[derive(Debug, Clone, Copy, serde::Serialize, PartialEq, Eq)]
+pub struct Remap {
+    pub orig_id: u32,
+    pub remap_id: u32,
+    pub kind: RemapKind,
 }
 
 /// The largest metadata image (anything but pages) cns reads into memory:
@@ -204,8 +246,60 @@ impl ImageDir {
         Ok(entries
             .into_iter()
             .filter_map(|e| e.reg)
-            .map(|r| ImageFile { path: r.name, size: r.size, mode: r.mode, build_id: r.build_id })
+            .map(|r| ImageFile {
+                id: r.id,
+                path: r.name,
+                flags: r.flags,
+                mnt_id: r.mnt_id.unwrap_or(-1),
+                ext: r.ext.unwrap_or(false),
+                size: r.size,
+                mode: r.mode,
+                build_id: r.build_id,
+            })
             .collect())
+    }
+
+    /// Files CRIU remaps (remap-fpath.img; none when it is absent).
+    pub fn remaps(&self) -> Result<Vec<Remap>, ImageError> {
+        if !self.file("remap-fpath.img").exists() {
+            return Ok(Vec::new());
+        }
+        let entries: Vec<proto::RemapFilePathEntry> = self.read_entries("remap-fpath.img")?;
+        Ok(entries
+            .into_iter()
+            .map(|e| Remap {
+                orig_id: e.orig_id,
+                remap_id: e.remap_id,
+                kind: match e.remap_type.unwrap_or(0) {
+                    0 => RemapKind::Linked,
+                    1 => RemapKind::Ghost,
+                    2 => RemapKind::Procfs,
+                    n => RemapKind::Other(n),
+                },
+            })
+            .collect())
+    }
+
+    /// Every mount of every dumped mount namespace (mountpoints-*.img).
+    pub fn mounts(&self) -> Result<Vec<ImageMount>, ImageError> {
+        let mut out = Vec::new();
+        let rd = fs::read_dir(&self.path).map_err(|source| ImageError::Io { path: self.path.clone(), source })?;
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if !(name.starts_with("mountpoints-") && name.ends_with(".img")) {
+                continue;
+            }
+            let entries: Vec<proto::MntEntry> = self.read_entries(&name)?;
+            out.extend(entries.into_iter().map(|m| ImageMount {
+                mnt_id: m.mnt_id,
+                fstype: m.fstype,
+                root_dev: m.root_dev,
+                root: m.root,
+                mountpoint: m.mountpoint,
+                external: m.ext_mount.unwrap_or(false) || m.ext_key.is_some_and(|k| !k.is_empty()),
+            }));
+        }
+        Ok(out)
     }
 
     /// Counts of fd kinds in files.img (type number → count), for inspect.

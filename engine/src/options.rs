@@ -45,6 +45,9 @@ pub struct CriuFlags {
     /// `--link-remap`
     #[serde(default)]
     pub link_remap: bool,
+    /// `--evasive-devices`
+    #[serde(default)]
+    pub evasive_devices: bool,
 }
 
 impl CriuFlags {
@@ -56,6 +59,7 @@ impl CriuFlags {
             ext_unix_sk: self.ext_unix_sk || o.ext_unix_sk,
             shell_job: self.shell_job || o.shell_job,
             link_remap: self.link_remap || o.link_remap,
+            evasive_devices: self.evasive_devices || o.evasive_devices,
         }
     }
 
@@ -66,6 +70,7 @@ impl CriuFlags {
             (self.ext_unix_sk, "--ext-unix-sk"),
             (self.shell_job, "--shell-job"),
             (self.link_remap, "--link-remap"),
+            (self.evasive_devices, "--evasive-devices"),
         ]
         .into_iter()
         .filter_map(|(on, s)| on.then_some(s))
@@ -96,6 +101,8 @@ pub struct CriuOptions {
     pub root: Option<String>,
     /// Ask for notify callbacks (the command line's action scripts).
     pub notify: bool,
+    /// Dump: the largest deleted file CRIU carries in the image (`--ghost-limit`; CRIU's default 1 MiB).
+    pub ghost_limit: Option<u32>,
 }
 
 impl CriuOptions {
@@ -113,6 +120,7 @@ impl CriuOptions {
             sibling: false,
             root: None,
             notify: true,
+            ghost_limit: None,
         }
     }
 
@@ -130,6 +138,7 @@ impl CriuOptions {
             sibling: true,
             root: Some("/".into()),
             notify: true,
+            ghost_limit: None,
         }
     }
 
@@ -147,6 +156,8 @@ impl CriuOptions {
             file_locks: Some(self.flags.file_locks),
             shell_job: Some(self.flags.shell_job),
             link_remap: Some(self.flags.link_remap),
+            evasive_devices: Some(self.flags.evasive_devices),
+            ghost_limit: self.ghost_limit,
             log_level: Some(LOG_LEVEL),
             log_file: Some(self.log_file.clone()),
             work_dir_fd: work_dir.map(|f| f.as_raw_fd()),
@@ -185,6 +196,9 @@ impl CriuOptions {
             v.extend(["--external".into(), e.clone()]);
         }
         v.extend(self.flags.args().map(String::from));
+        if let Some(g) = self.ghost_limit {
+            v.extend(["--ghost-limit".into(), g.to_string()]);
+        }
         if self.op == Operation::Dump {
             if self.leave_running {
                 v.push("--leave-running".into());

@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use std::fs;
 use std::path::Path;
 
-use crate::image::ImageDir;
+use crate::image::{ImageDir, ImageFile, ImageMount};
 use crate::sockdiag::{Diag, TcpSocket, UnixSocket};
 
 /// How bad a finding is.
@@ -40,6 +40,12 @@ pub struct DumpNeeds {
     pub tcp_skip_in_flight: bool,
     pub ext_unix_sk: bool,
     pub file_locks: bool,
+    /// A file unlinked while open but linked elsewhere (CRIU `--link-remap`).
+    pub link_remap: bool,
+    /// A device node opened by a path that is gone (CRIU `--evasive-devices`).
+    pub evasive_devices: bool,
+    /// The largest deleted file CRIU must carry, when over its 1 MiB default.
+    pub ghost_limit: Option<u64>,
     /// Anonymous memory of the tree: about what the dump writes.
     pub memory_bytes: u64,
     pub findings: Vec<Finding>,
@@ -222,6 +228,126 @@ fn tree_locks(pids: &[i32]) -> usize {
     n
 }
 
+/// Whether `t` (an fd's target) is a terminal.
+fn is_tty_path(t: &str) -> bool {
+    t.starts_with("/dev/pts/") || t.starts_with("/dev/tty") || t == "/dev/console"
+}
+
+/// Indices of the ptys whose master (/dev/ptmx) the tree holds.
+fn pty_masters(pids: &[i32]) -> BTreeSet<u32> {
+    let mut out = BTreeSet::new();
+    for pid in pids {
+        let Ok(rd) = fs::read_dir(format!("/proc/{pid}/fd")) else { continue };
+        for e in rd.flatten() {
+            if fs::read_link(e.path()).is_ok_and(|t| t.to_string_lossy().starts_with("/dev/ptmx") || t.to_string_lossy().starts_with("/dev/pts/ptmx")) {
+                let info = fs::read_to_string(format!("/proc/{pid}/fdinfo/{}", e.file_name().to_string_lossy())).unwrap_or_default();
+                if let Some(i) = info.lines().find_map(|l| l.strip_prefix("tty-index:")).and_then(|v| v.trim().parse().ok()) {
+                    out.insert(i);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Whether the terminal `t` that `pid` holds is the tree's own: a pty
+/// whose master the tree holds (CRIU dumps both ends), also when reached
+/// as /dev/tty (the controlling terminal), or the ptmx master itself.
+fn tty_inside(pid: i32, t: &str, masters: &BTreeSet<u32>) -> bool {
+    if t.starts_with("/dev/ptmx") || t.starts_with("/dev/pts/ptmx") {
+        return true;
+    }
+    if let Some(n) = t.strip_prefix("/dev/pts/").and_then(|n| n.trim_end_matches(" (deleted)").parse::<u32>().ok()) {
+        return masters.contains(&n);
+    }
+    if t == "/dev/tty" {
+        // The controlling terminal: tty_nr (field 7 of stat); pts have majors 136-143.
+        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let tty_nr: u64 = stat.rsplit(") ").next().and_then(|r| r.split(' ').nth(4)).and_then(|v| v.parse().ok()).unwrap_or(0);
+        let (major, minor) = ((tty_nr >> 8) & 0xfff, (tty_nr & 0xff) | ((tty_nr >> 12) & 0xfff00));
+        return (136..=143).contains(&major) && masters.contains(&(((major - 136) << 20 | minor) as u32));
+    }
+    false
+}
+
+/// A deleted file the tree holds open: a ghost (carried in the image; the
+/// ghost limit raised when it is bigger than CRIU's default), a link remap
+/// when another hard link keeps it alive, an evasive device when it is a
+/// device node.
+fn deleted_file(fd: &Path, object: &str, needs: &mut DumpNeeds) {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let Ok(m) = fs::metadata(fd) else { return };
+    let ft = m.file_type();
+    if ft.is_char_device() || ft.is_block_device() {
+        needs.evasive_devices = true;
+        needs.findings.push(Finding::new(Severity::Warning, "deleted-device", object, "the tree holds a device node whose path is gone", "cns dumps with --evasive-devices"));
+    } else if ft.is_file() && m.nlink() > 0 {
+        needs.link_remap = true;
+        needs.findings.push(Finding::new(Severity::Warning, "link-remap", object, "a file was unlinked while open, another hard link keeps it", "cns dumps with --link-remap"));
+    } else if ft.is_file() && m.len() > GHOST_LIMIT {
+        needs.ghost_limit = Some(needs.ghost_limit.unwrap_or(0).max(m.len()));
+        needs.findings.push(Finding::new(
+            Severity::Warning,
+            "ghost-file",
+            object,
+            format!("a deleted open file of {} MiB travels in the image", m.len() >> 20),
+            "cns raises CRIU's ghost limit for it; close it before dumping to keep the image small",
+        ));
+    }
+}
+
+/// CRIU's default ghost-file limit.
+pub const GHOST_LIMIT: u64 = 1 << 20;
+
+/// Deleted files the tree maps (after closing them): as [`deleted_file`].
+fn deleted_mappings(pid: i32, needs: &mut DumpNeeds) {
+    let Ok(maps) = fs::read_to_string(format!("/proc/{pid}/maps")) else { return };
+    let mut seen = BTreeSet::new();
+    for l in maps.lines().filter(|l| l.ends_with(" (deleted)") && !l.contains("/memfd:") && !l.contains("/dev/zero") && !l.contains("/SYSV")) {
+        let Some(range) = l.split_whitespace().next() else { continue };
+        let path = l.split_whitespace().skip(5).collect::<Vec<_>>().join(" ");
+        if seen.insert(path.clone()) {
+            deleted_file(Path::new(&format!("/proc/{pid}/map_files/{range}")), &format!("pid {pid} maps {path}"), needs);
+        }
+    }
+}
+
+/// The effective capability mask of this process (CRIU, its child, runs
+/// with the same).
+pub fn caps_of_self() -> u64 {
+    fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("CapEff:")).and_then(|v| u64::from_str_radix(v.trim(), 16).ok()))
+        .unwrap_or(0)
+}
+
+const CAP_SYS_RESOURCE: u64 = 24;
+
+/// What CRIU's own privileges forbid: without CAP_SYS_RESOURCE, CRIU
+/// (root) cannot read the rlimits of a process whose real, effective and
+/// saved uids and gids are not all root's, so such a tree fails to dump
+/// ("Can't get rlimit"); plain CRIU fails the same.
+pub fn privilege_findings(pids: &[i32], caps: u64, needs: &mut DumpNeeds) {
+    if caps & (1 << CAP_SYS_RESOURCE) != 0 {
+        return;
+    }
+    for pid in pids {
+        let Ok(status) = fs::read_to_string(format!("/proc/{pid}/status")) else { continue };
+        let ids = |f: &str| -> Vec<u32> { status.lines().find_map(|l| l.strip_prefix(f)).map(|v| v.split_whitespace().take(3).filter_map(|x| x.parse().ok()).collect()).unwrap_or_default() };
+        let (uids, gids) = (ids("Uid:"), ids("Gid:"));
+        if uids.iter().chain(&gids).any(|&id| id != 0) {
+            needs.findings.push(Finding::new(
+                Severity::Blocker,
+                "criu-privileges",
+                format!("pid {pid} (uid {}, gid {})", uids.first().copied().unwrap_or(0), gids.first().copied().unwrap_or(0)),
+                "CRIU cannot read the rlimits of a process of another user: root here lacks CAP_SYS_RESOURCE",
+                "run cns with CAP_SYS_RESOURCE (a root with the full capability set; see `grep CapEff /proc/self/status`), or run the workload's processes as root",
+            ));
+            return;
+        }
+    }
+}
+
 /// Checks a running tree before a dump.
 pub fn check_dump(root: i32, shell_job: bool, images_parent: &Path) -> DumpNeeds {
     let mut needs = DumpNeeds::default();
@@ -267,6 +393,8 @@ pub fn check_dump(root: i32, shell_job: bool, images_parent: &Path) -> DumpNeeds
             "cns dumps with --file-locks",
         ));
     }
+    privilege_findings(&pids, caps_of_self(), &mut needs);
+    let masters = pty_masters(&pids);
     // Pipe inode -> (a read end in the tree, a write end in the tree).
     let mut pipes: std::collections::BTreeMap<String, (bool, bool)> = Default::default();
     for pid in &pids {
@@ -274,40 +402,36 @@ pub fn check_dump(root: i32, shell_job: bool, images_parent: &Path) -> DumpNeeds
         for e in rd.flatten() {
             let Ok(t) = fs::read_link(e.path()) else { continue };
             let t = t.to_string_lossy().into_owned();
+            let object = format!("pid {pid} fd {} -> {t}", e.file_name().to_string_lossy());
             if t.starts_with("pipe:") {
                 let info = fs::read_to_string(format!("/proc/{pid}/fdinfo/{}", e.file_name().to_string_lossy())).unwrap_or_default();
                 let writes = fdinfo_flags(&info).is_some_and(|f| f & 0o3 == 0o1);
                 let ends = pipes.entry(t.clone()).or_default();
                 if writes { ends.1 = true } else { ends.0 = true }
             }
-            if t.starts_with("/dev/") && !plain_device(&t) {
+            if t.starts_with("/dev/") && !plain_device(&t) && !is_tty_path(&t) {
                 needs.findings.push(Finding::new(
                     Severity::Warning,
                     "device",
-                    format!("pid {pid} fd {} -> {t}", e.file_name().to_string_lossy()),
+                    object.clone(),
                     "the tree holds a device open; CRIU reopens it by path and does not save its state",
                     "fine for stateless devices; close stateful ones (kvm, fuse, tun) before dumping",
                 ));
             }
-            if (t.starts_with("/dev/pts/") || t.starts_with("/dev/tty") || t == "/dev/console") && !shell_job {
+            if is_tty_path(&t) && !shell_job && !tty_inside(*pid, &t, &masters) {
                 needs.findings.push(Finding::new(
                     Severity::Blocker,
                     "tty",
-                    format!("pid {pid} fd {} -> {t}", e.file_name().to_string_lossy()),
+                    object.clone(),
                     "the tree uses a terminal owned outside it",
                     "dump with --shell-job, or start it with stdio on files (cns run does)",
                 ));
             }
-            if t.ends_with(" (deleted)") && !t.starts_with("/memfd:") && !t.starts_with("/dev/shm") {
-                needs.findings.push(Finding::new(
-                    Severity::Warning,
-                    "deleted-file",
-                    format!("pid {pid} fd {} -> {t}", e.file_name().to_string_lossy()),
-                    "the tree holds a deleted file open; CRIU carries it in the image as a ghost file",
-                    "fine if it is small (ghost limit 1 MiB); otherwise close it before dumping",
-                ));
+            if t.ends_with(" (deleted)") && !t.starts_with("/memfd:") {
+                deleted_file(&e.path(), &object, &mut needs);
             }
         }
+        deleted_mappings(*pid, &mut needs);
     }
     for (pipe, (r, w)) in pipes {
         if r != w {
@@ -399,6 +523,72 @@ pub fn cgroup_limits(self_cgroup: &str, read: impl Fn(&str) -> Option<String>) -
     best
 }
 
+/// CRIU fstypes it mounts anew (or fills from the image) at restore: files
+/// on them are never looked up on the host.
+const RESTORED_FS: &[u32] = &[1, 2, 4, 5, 6, 8, 9, 10, 11, 12, 14, 19, 23];
+
+/// The host path CRIU will open for `f` at restore (it restores with root
+/// `/`), or `None` when it never looks the file up by its own path: a file
+/// CRIU remaps (ghost, linked or procfs remap), an external file, or one on
+/// a mount CRIU recreates itself (proc, tmpfs, devpts, ...) or that is
+/// declared external.
+pub fn restore_lookup(f: &ImageFile, remapped: &BTreeSet<u32>, mounts: &std::collections::BTreeMap<u32, &ImageMount>) -> Option<String> {
+    if remapped.contains(&f.id) || f.ext || f.path.contains(" (deleted)") {
+        return None;
+    }
+    if let Some(m) = u32::try_from(f.mnt_id).ok().and_then(|id| mounts.get(&id)) {
+        if m.external || RESTORED_FS.contains(&m.fstype) {
+            return None;
+        }
+    }
+    Some(format!("/{}", f.path.trim_start_matches('/')))
+}
+
+/// Restore pre-flight of the files an image refers to: only what CRIU
+/// itself will look up on this host, checked as CRIU checks it (existence,
+/// without following a final symlink when the file was opened so; the
+/// mode, and the size unless it was opened write-only for appending).
+pub fn file_findings(files: &[ImageFile], remaps: &[crate::image::Remap], mounts: &[ImageMount]) -> Vec<Finding> {
+    use std::os::unix::fs::MetadataExt;
+    let remapped: BTreeSet<u32> = remaps.iter().map(|r| r.orig_id).collect();
+    let by_id: std::collections::BTreeMap<u32, &ImageMount> = mounts.iter().map(|m| (m.mnt_id, m)).collect();
+    let mut out = Vec::new();
+    let mut seen = BTreeSet::new();
+    for f in files {
+        let Some(path) = restore_lookup(f, &remapped, &by_id) else { continue };
+        if !seen.insert((path.clone(), f.mode, f.size)) {
+            continue;
+        }
+        let nofollow = f.flags & (libc::O_NOFOLLOW as u32) != 0;
+        let meta = if nofollow { fs::symlink_metadata(&path) } else { fs::metadata(&path) };
+        let m = match meta {
+            Ok(m) => m,
+            Err(_) => {
+                out.push(Finding::new(Severity::Blocker, "file-missing", path.clone(), "a file the checkpoint uses is missing", "put the file back at this path (same content as at dump time)"));
+                continue;
+            }
+        };
+        if let Some(mode) = f.mode.filter(|&mode| mode != m.mode()) {
+            out.push(Finding::new(
+                Severity::Blocker,
+                "file-changed",
+                path.clone(),
+                format!("mode is 0{:o}, the checkpoint expects 0{mode:o}", m.mode()),
+                "put back the file the workload had at dump time, or dump again",
+            ));
+        } else if let Some(size) = f.size.filter(|&size| m.is_file() && m.len() != size) {
+            out.push(Finding::new(
+                Severity::Blocker,
+                "file-changed",
+                path.clone(),
+                format!("size is {} bytes, the checkpoint expects {size}", m.len()),
+                "put back the version the workload had at dump time, or dump again",
+            ));
+        }
+    }
+    out
+}
+
 /// Checks an image before a restore: files it references, memory, veth name.
 pub fn check_image(img: &ImageDir, memory_limit: Option<u64>, host_if: Option<&str>, host_links: &[String]) -> Vec<Finding> {
     let mut out = Vec::new();
@@ -406,34 +596,11 @@ pub fn check_image(img: &ImageDir, memory_limit: Option<u64>, host_if: Option<&s
         out.push(Finding::new(Severity::Blocker, "image", img.path.display().to_string(), e.to_string(), "dump again, or point --images at a complete checkpoint"));
         return out;
     }
-    match img.files() {
-        Ok(files) => {
-            for f in files {
-                let path = format!("/{}", f.path.trim_start_matches('/'));
-                if f.path.contains(" (deleted)") {
-                    continue;
-                }
-                match fs::metadata(&path) {
-                    Err(_) => out.push(Finding::new(Severity::Blocker, "file-missing", path.clone(), "a file the checkpoint uses is missing", "put the file back at this path (same content as at dump time)")),
-                    Ok(m) => {
-                        // CRIU records (and checks) sizes of files it maps or
-                        // opened other than write-only append, like logs.
-                        if let Some(size) = f.size {
-                            if m.is_file() && m.len() != size {
-                                out.push(Finding::new(
-                                    Severity::Blocker,
-                                    "file-changed",
-                                    path.clone(),
-                                    format!("size is {} bytes, the checkpoint expects {size}", m.len()),
-                                    "put back the version the workload had at dump time, or dump again",
-                                ));
-                            }
-                        }
-                    }
-                }
-            }
+    match (img.files(), img.remaps(), img.mounts()) {
+        (Ok(files), Ok(remaps), Ok(mounts)) => out.extend(file_findings(&files, &remaps, &mounts)),
+        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
+            out.push(Finding::new(Severity::Blocker, "image", img.path.display().to_string(), e.to_string(), "dump again"))
         }
-        Err(e) => out.push(Finding::new(Severity::Blocker, "image", img.file("files.img").display().to_string(), e.to_string(), "dump again")),
     }
     let pages = img.page_bytes().unwrap_or(0);
     let limit = memory_limit.or_else(memory_budget).unwrap_or(u64::MAX);
@@ -554,5 +721,50 @@ mod tests {
     fn own_tree_contains_self() {
         let me = std::process::id() as i32;
         assert!(tree_pids(me).contains(&me));
+    }
+
+    fn reg(id: u32, path: &str, mnt_id: i32) -> ImageFile {
+        ImageFile { id, path: path.into(), flags: 0, mnt_id, ext: false, size: None, mode: None, build_id: vec![] }
+    }
+
+    #[test]
+    fn restore_checks_only_what_criu_looks_up() {
+        let mounts = vec![
+            ImageMount { mnt_id: 1, fstype: 0, root_dev: 1, root: "/".into(), mountpoint: "/".into(), external: false },
+            ImageMount { mnt_id: 2, fstype: 5, root_dev: 2, root: "/".into(), mountpoint: "/dev/shm".into(), external: false },
+            ImageMount { mnt_id: 3, fstype: 1, root_dev: 3, root: "/".into(), mountpoint: "/proc".into(), external: false },
+            ImageMount { mnt_id: 4, fstype: 0, root_dev: 1, root: "/x.log".into(), mountpoint: "/var/lib/cns/stdio".into(), external: true },
+        ];
+        let files = vec![
+            reg(1, "/no/such/ghost", 1),
+            reg(2, "/dev/shm/on-a-restored-tmpfs", 2),
+            reg(3, "/proc/4/fdinfo/4", 3),
+            reg(4, "/var/lib/cns/stdio", 4),
+            reg(5, "/no/such/file", 1),
+            ImageFile { ext: true, ..reg(6, "/no/such/external", 1) },
+        ];
+        let remaps = vec![crate::image::Remap { orig_id: 1, remap_id: 9, kind: crate::image::RemapKind::Ghost }];
+        let f = file_findings(&files, &remaps, &mounts);
+        assert_eq!(f.len(), 1, "{f:?}");
+        assert_eq!(f[0].object, "/no/such/file");
+    }
+
+    #[test]
+    fn a_dangling_symlink_opened_nofollow_exists_and_modes_are_checked() {
+        let d = tempfile::tempdir().expect("tmp");
+        let link = d.path().join("dangling");
+        std::os::unix::fs::symlink("/no/such/target", &link).expect("symlink");
+        let mut f = reg(1, link.to_str().expect("utf8"), -1);
+        f.flags = (libc::O_PATH | libc::O_NOFOLLOW) as u32;
+        assert!(file_findings(&[f.clone()], &[], &[]).is_empty());
+        f.flags = 0;
+        assert_eq!(file_findings(&[f], &[], &[]).len(), 1, "followed, it is missing (CRIU fails too)");
+        let file = d.path().join("f");
+        std::fs::write(&file, "abc").expect("write");
+        let mut g = reg(2, file.to_str().expect("utf8"), -1);
+        g.mode = Some(0o100600);
+        std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o644)).expect("chmod");
+        let r = file_findings(&[g], &[], &[]);
+        assert!(r.len() == 1 && r[0].message.contains("mode"), "{r:?}");
     }
 }

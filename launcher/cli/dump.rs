@@ -16,6 +16,7 @@ pub fn dump(rt: &Runtime, a: DumpArgs, quiet: bool) -> anyhow::Result<i32> {
         tcp_skip_in_flight: a.tcp_skip_in_flight,
         flags: (&a.criu).into(),
         no_preflight: a.preflight.no_preflight,
+        action_scripts: a.hooks.action_scripts,
     };
     if a.cmdline.print_criu_cmdline {
         rt.require_root()?;

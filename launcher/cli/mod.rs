@@ -42,6 +42,15 @@ pub struct PublishArg {
     pub publish: Vec<String>,
 }
 
+/// `--action-script`: dump and restore.
+#[derive(Debug, Args, Clone)]
+pub struct HooksArg {
+    /// Run SCRIPT at each of CRIU's stages, the stage in $CRTOOLS_SCRIPT_ACTION (as CRIU's
+    /// --action-script; a failing script fails the operation; repeatable)
+    #[arg(long = "action-script", value_name = "SCRIPT")]
+    pub action_scripts: Vec<PathBuf>,
+}
+
 /// `--images`: dump and restore.
 #[derive(Debug, Args, Clone)]
 pub struct ImagesArg {
@@ -224,6 +233,12 @@ pub struct CriuFlags {
     /// The tree is a shell job (uses a terminal of a process outside it)
     #[arg(long)]
     pub shell_job: bool,
+    /// Checkpoint/restore files unlinked while open but linked elsewhere
+    #[arg(long)]
+    pub link_remap: bool,
+    /// Reopen devices by any path to the same node when the original is gone
+    #[arg(long)]
+    pub evasive_devices: bool,
 }
 
 #[derive(Debug, Args)]
@@ -243,6 +258,8 @@ pub struct DumpArgs {
     pub images: ImagesArg,
     #[command(flatten)]
     pub criu: CriuFlags,
+    #[command(flatten)]
+    pub hooks: HooksArg,
     #[command(flatten)]
     pub preflight: PreflightArg,
     #[command(flatten)]
@@ -264,6 +281,8 @@ pub struct RestoreArgs {
     pub images: ImagesArg,
     #[command(flatten)]
     pub criu: CriuFlags,
+    #[command(flatten)]
+    pub hooks: HooksArg,
     /// Keep the dumped inner address for a copy (default: a fresh one for --as)
     #[arg(long)]
     pub keep_ip: bool,
@@ -345,7 +364,14 @@ pub struct ManArgs {
 
 impl From<&CriuFlags> for cns_engine::CriuFlags {
     fn from(f: &CriuFlags) -> cns_engine::CriuFlags {
-        cns_engine::CriuFlags { tcp_established: f.tcp_established, file_locks: f.file_locks, ext_unix_sk: f.ext_unix_sk, shell_job: f.shell_job, link_remap: false }
+        cns_engine::CriuFlags {
+            tcp_established: f.tcp_established,
+            file_locks: f.file_locks,
+            ext_unix_sk: f.ext_unix_sk,
+            shell_job: f.shell_job,
+            link_remap: f.link_remap,
+            evasive_devices: f.evasive_devices,
+        }
     }
 }
 

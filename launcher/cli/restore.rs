@@ -20,6 +20,7 @@ pub fn restore(rt: &Runtime, a: RestoreArgs, quiet: bool) -> anyhow::Result<i32>
         detach: a.start.detach,
         pidfile: a.start.pidfile,
         publish: a.publish.publish,
+        action_scripts: a.hooks.action_scripts,
     };
     if a.cmdline.print_criu_cmdline {
         rt.require_root()?;

@@ -33,6 +33,8 @@ pub struct DumpOptions {
     pub flags: CriuFlags,
     /// Skip the pre-flight check.
     pub no_preflight: bool,
+    /// Action scripts run at each of CRIU's stages (hooks.rs).
+    pub action_scripts: Vec<PathBuf>,
 }
 
 /// What a dump produced.
@@ -50,6 +52,7 @@ pub struct DumpPlan {
     pub pid: i32,
     pub criu: cns_engine::Criu,
     pub options: CriuOptions,
+    pub action_scripts: Vec<PathBuf>,
 }
 
 impl DumpPlan {
@@ -73,7 +76,8 @@ pub fn plan(rt: &Runtime, opts: &DumpOptions, w: &Workload, pid: i32) -> Result<
     o.tcp_skip_in_flight = opts.tcp_skip_in_flight;
     o.flags = opts.flags.union(CriuFlags { tcp_established: rt.config.tcp_established, file_locks: rt.config.file_locks, ..Default::default() });
     o.external = dump_externals(w);
-    Ok(DumpPlan { name: w.name.clone(), pid, criu, options: o })
+    crate::checkpoint::hooks::check(&opts.action_scripts)?;
+    Ok(DumpPlan { name: w.name.clone(), pid, criu, options: o, action_scripts: opts.action_scripts.clone() })
 }
 
 /// The plan for a dump of the workload `opts.name`, for printing.
@@ -175,8 +179,19 @@ fn preflight_dump(plan: &mut DumpPlan, w: &Workload, events: &dyn Events) -> Res
         }
     }
     let o = &mut plan.options;
-    o.flags = o.flags.union(CriuFlags { tcp_established: needs.tcp_established, file_locks: needs.file_locks, ext_unix_sk: needs.ext_unix_sk, ..Default::default() });
+    o.flags = o.flags.union(CriuFlags {
+        tcp_established: needs.tcp_established,
+        file_locks: needs.file_locks,
+        ext_unix_sk: needs.ext_unix_sk,
+        link_remap: needs.link_remap,
+        evasive_devices: needs.evasive_devices,
+        ..Default::default()
+    });
     o.tcp_skip_in_flight |= needs.tcp_skip_in_flight;
+    if let Some(g) = needs.ghost_limit {
+        // Round up to the next MiB; CRIU takes a 32-bit limit.
+        o.ghost_limit = Some(u32::try_from(g.div_ceil(1 << 20) << 20).unwrap_or(u32::MAX));
+    }
     Ok(needs.memory_bytes)
 }
 
@@ -189,6 +204,9 @@ fn run_criu(plan: &DumpPlan, staging: &mut Staging, meta: &Meta, state_dir: &Pat
     recovery::set_criu(state_dir, swrk.pid() as i32);
     let dirs = Dirs { images: Some(dir.as_fd()), work: Some(dir.as_fd()) };
     swrk.dump(&plan.options, dirs, &mut |n: &Notify| {
+        if let Err(e) = crate::checkpoint::hooks::run(&plan.action_scripts, &n.script, n.pid.or(Some(plan.pid)), &plan.name, &plan.options.images) {
+            return NotifyAction::Abort(e);
+        }
         match n.script.as_str() {
             "pre-dump" => events.stage(&what, &format!("frozen, dumping memory ({} MiB)", memory >> 20)),
             "post-dump" => {

@@ -7,6 +7,7 @@ pub mod archive;
 pub mod commit;
 pub mod dump;
 pub mod failure;
+pub mod hooks;
 pub mod meta;
 pub mod restore;
 

@@ -48,6 +48,8 @@ pub struct RestoreOptions {
     /// own (an in-place restore keeps its own when none are given; a copy
     /// and an imported checkpoint publish only these).
     pub publish: Vec<String>,
+    /// Action scripts run at each of CRIU's stages (hooks.rs).
+    pub action_scripts: Vec<PathBuf>,
 }
 
 /// A restored, running workload.
@@ -88,6 +90,7 @@ pub struct RestorePlan {
     pub pidfile: Option<PathBuf>,
     /// The ports to publish.
     pub publish: Vec<crate::net::Publish>,
+    pub action_scripts: Vec<PathBuf>,
 }
 
 impl RestorePlan {
@@ -158,6 +161,7 @@ pub fn plan(rt: &Runtime, opts: &RestoreOptions) -> Result<RestorePlan> {
     } else {
         vec![]
     };
+    crate::checkpoint::hooks::check(&opts.action_scripts)?;
     let log = rt.store.paths.log_file(&new_name);
     let mut o = CriuOptions::restore(&images, format!("restore-{new_name}.log"));
     o.flags = opts.flags.union(meta.flags);
@@ -167,7 +171,7 @@ pub fn plan(rt: &Runtime, opts: &RestoreOptions) -> Result<RestorePlan> {
     if meta.workload.stdio_mount.is_some() {
         o.external.push(format!("mnt[{STDIO_KEY}]:{}", log.display()));
     }
-    Ok(RestorePlan { new_name, images, meta, in_place, address, host_if, log, criu: rt.criu()?, options: o, pidfile: opts.pidfile.clone(), publish })
+    Ok(RestorePlan { new_name, images, meta, in_place, address, host_if, log, criu: rt.criu()?, options: o, pidfile: opts.pidfile.clone(), publish, action_scripts: opts.action_scripts.clone() })
 }
 
 fn same_dir(a: &Path, b: &Path) -> bool {
@@ -388,19 +392,23 @@ fn run_criu(plan: &RestorePlan, net: &NetConfig, state_dir: &Path) -> Result<i32
                 recovery::set_root(state_dir, pid);
             }
         }
+        if let Err(e) = crate::checkpoint::hooks::run(&plan.action_scripts, &n.script, n.pid, &plan.new_name, &plan.images) {
+            hook_err = Some(e.clone());
+            return NotifyAction::Abort(e);
+        }
         if n.script != "post-restore" {
             return NotifyAction::Continue;
         }
         match configure_network(net, move_address, n.pid) {
             Ok(()) => NotifyAction::Continue,
             Err(e) => {
-                hook_err = Some(e.to_string());
+                hook_err = Some(format!("configuring the network: {e}"));
                 NotifyAction::Abort(format!("network setup: {e}"))
             }
         }
     });
     res.map_err(|e| match hook_err {
-        Some(h) => Error::new(ErrorKind::Criu, format!("restore failed while configuring the network: {h}")).with_hint(format!("see {}", log_path.display())),
+        Some(h) => Error::new(ErrorKind::Criu, format!("restore failed: {h}")).with_hint(format!("see {}", log_path.display())),
         None => criu_failure("restore", e, &log_path),
     })
 }
