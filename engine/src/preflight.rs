@@ -169,8 +169,25 @@ pub fn vanished_mountpoints(root: i32, exists: impl Fn(&str) -> bool) -> Vec<Fin
 pub fn unix_findings(all: &[UnixSocket], tree: &BTreeSet<u64>, needs: &mut DumpNeeds) {
     const ESTABLISHED: u8 = 1;
     let netns: BTreeSet<u64> = all.iter().map(|s| s.ino).collect();
+    // A client whose connection waits in a listener's queue shows no peer
+    // (the embryonic socket is not listed). CRIU dumps such in-flight
+    // connections with the listener, unless the client already sent data
+    // ("Non-empty write queue on an in-flight socket").
+    let in_flight = all.iter().any(|s| tree.contains(&s.ino) && !s.pending.is_empty());
     for s in all.iter().filter(|s| tree.contains(&s.ino)) {
         let object = format!("unix socket {}", s.ino);
+        if in_flight && s.is_stream() && s.state == ESTABLISHED && s.peer == 0 && s.shutdown != 3 {
+            if s.wqueue > 0 {
+                needs.findings.push(Finding::new(
+                    Severity::Blocker,
+                    "unix-in-flight-data",
+                    format!("{object} ({} bytes sent)", s.wqueue),
+                    "a unix connection not yet accepted already carries data; CRIU cannot dump it",
+                    "accept the connection (or have the client wait to send) before the dump",
+                ));
+            }
+            continue;
+        }
         let outside = s.peer != 0 && !tree.contains(&s.peer);
         if s.is_stream() && s.state == ESTABLISHED && outside {
             needs.findings.push(Finding::new(
@@ -226,6 +243,13 @@ fn tree_locks(pids: &[i32]) -> usize {
         }
     }
     n
+}
+
+/// Mount ids of the tree's mount namespace.
+fn mount_ids_of(root: i32) -> BTreeSet<u32> {
+    fs::read_to_string(format!("/proc/{root}/mountinfo"))
+        .map(|t| t.lines().filter_map(|l| l.split_whitespace().next()?.parse().ok()).collect())
+        .unwrap_or_default()
 }
 
 /// Whether `t` (an fd's target) is a terminal.
@@ -395,6 +419,7 @@ pub fn check_dump(root: i32, shell_job: bool, images_parent: &Path) -> DumpNeeds
     }
     privilege_findings(&pids, caps_of_self(), &mut needs);
     let masters = pty_masters(&pids);
+    let mount_ids = mount_ids_of(root);
     // Pipe inode -> (a read end in the tree, a write end in the tree).
     let mut pipes: std::collections::BTreeMap<String, (bool, bool)> = Default::default();
     for pid in &pids {
@@ -429,6 +454,19 @@ pub fn check_dump(root: i32, shell_job: bool, images_parent: &Path) -> DumpNeeds
             }
             if t.ends_with(" (deleted)") && !t.starts_with("/memfd:") {
                 deleted_file(&e.path(), &object, &mut needs);
+            }
+            if t.starts_with('/') && !t.starts_with("/memfd:") && !mount_ids.is_empty() {
+                let info = fs::read_to_string(format!("/proc/{pid}/fdinfo/{}", e.file_name().to_string_lossy())).unwrap_or_default();
+                let mnt = info.lines().find_map(|l| l.strip_prefix("mnt_id:")).and_then(|v| v.trim().parse::<u32>().ok());
+                if mnt.is_some_and(|m| !mount_ids.contains(&m)) {
+                    needs.findings.push(Finding::new(
+                        Severity::Blocker,
+                        "foreign-mount-fd",
+                        object.clone(),
+                        "a file descriptor points into a mount that is not in the workload's mount namespace (a POSIX message queue, or an fd from the host); CRIU cannot dump it",
+                        "close it before the dump (CRIU does not checkpoint POSIX message queues)",
+                    ));
+                }
             }
         }
         deleted_mappings(*pid, &mut needs);
@@ -634,16 +672,16 @@ mod tests {
         let st = libc::SOCK_STREAM as u8;
         let dg = libc::SOCK_DGRAM as u8;
         let all = [
-            UnixSocket { ino: 1, kind: st, state: 1, peer: 2, shutdown: 0 },
-            UnixSocket { ino: 2, kind: st, state: 1, peer: 1, shutdown: 0 },
-            UnixSocket { ino: 3, kind: st, state: 1, peer: 99, shutdown: 0 },
-            UnixSocket { ino: 4, kind: st, state: 1, peer: 0, shutdown: 3 },
-            UnixSocket { ino: 5, kind: st, state: 1, peer: 0, shutdown: 1 },
-            UnixSocket { ino: 6, kind: dg, state: 7, peer: 98, shutdown: 0 },
-            UnixSocket { ino: 7, kind: st, state: 1, peer: 97, shutdown: 0 },
-            UnixSocket { ino: 8, kind: dg, state: 7, peer: 96, shutdown: 0 },
+            UnixSocket { ino: 1, kind: st, state: 1, peer: 2, shutdown: 0, ..Default::default() },
+            UnixSocket { ino: 2, kind: st, state: 1, peer: 1, shutdown: 0, ..Default::default() },
+            UnixSocket { ino: 3, kind: st, state: 1, peer: 99, shutdown: 0, ..Default::default() },
+            UnixSocket { ino: 4, kind: st, state: 1, peer: 0, shutdown: 3, ..Default::default() },
+            UnixSocket { ino: 5, kind: st, state: 1, peer: 0, shutdown: 1, ..Default::default() },
+            UnixSocket { ino: 6, kind: dg, state: 7, peer: 98, shutdown: 0, ..Default::default() },
+            UnixSocket { ino: 7, kind: st, state: 1, peer: 97, shutdown: 0, ..Default::default() },
+            UnixSocket { ino: 8, kind: dg, state: 7, peer: 96, shutdown: 0, ..Default::default() },
             // Peer 98 is in this netns, outside the tree; 96 is elsewhere.
-            UnixSocket { ino: 98, kind: dg, state: 7, peer: 0, shutdown: 0 },
+            UnixSocket { ino: 98, kind: dg, state: 7, peer: 0, shutdown: 0, ..Default::default() },
         ];
         let tree: BTreeSet<u64> = (1..=6).chain([8]).collect();
         let mut n = DumpNeeds::default();

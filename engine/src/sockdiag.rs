@@ -10,11 +10,15 @@ use cns_netns::raw::{self, u32_at};
 
 const SOCK_DIAG_BY_FAMILY: u16 = 20;
 const UDIAG_SHOW_PEER: u32 = 0x4;
+const UDIAG_SHOW_ICONS: u32 = 0x8;
+const UDIAG_SHOW_RQLEN: u32 = 0x10;
 const UNIX_DIAG_PEER: u16 = 2;
+const UNIX_DIAG_ICONS: u16 = 3;
+const UNIX_DIAG_RQLEN: u16 = 4;
 const UNIX_DIAG_SHUTDOWN: u16 = 6;
 
 /// One unix socket as the kernel reports it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct UnixSocket {
     pub ino: u64,
     /// libc::SOCK_STREAM, SOCK_DGRAM, SOCK_SEQPACKET.
@@ -25,6 +29,12 @@ pub struct UnixSocket {
     pub peer: u64,
     /// Bit 0: no more reads, bit 1: no more writes.
     pub shutdown: u8,
+    /// A listener's connections not yet accepted (their inodes).
+    pub pending: Vec<u64>,
+    /// Bytes waiting to be read (a listener: connections waiting).
+    pub rqueue: u32,
+    /// Bytes sent and not yet read by the peer.
+    pub wqueue: u32,
 }
 
 impl UnixSocket {
@@ -118,7 +128,7 @@ fn request_bytes() -> Vec<u8> {
     b.extend_from_slice(&0u16.to_ne_bytes()); // pad
     b.extend_from_slice(&u32::MAX.to_ne_bytes()); // udiag_states: all
     b.extend_from_slice(&0u32.to_ne_bytes()); // udiag_ino
-    b.extend_from_slice(&UDIAG_SHOW_PEER.to_ne_bytes());
+    b.extend_from_slice(&(UDIAG_SHOW_PEER | UDIAG_SHOW_ICONS | UDIAG_SHOW_RQLEN).to_ne_bytes());
     b.extend_from_slice(&[0xff; 8]); // cookie: none
     b
 }
@@ -138,11 +148,16 @@ fn dump<T>(sock: &OwnedFd, request: &[u8], one: fn(&[u8]) -> Option<T>) -> std::
 
 /// unix_diag_msg (16 bytes) then attributes.
 fn parse_msg(m: &[u8]) -> Option<UnixSocket> {
-    let mut s = UnixSocket { ino: u64::from(u32_at(m, 4)?), kind: *m.get(1)?, state: *m.get(2)?, peer: 0, shutdown: 0 };
+    let mut s = UnixSocket { ino: u64::from(u32_at(m, 4)?), kind: *m.get(1)?, state: *m.get(2)?, ..Default::default() };
     for (ty, v) in raw::attributes(m, 16) {
         match ty {
             UNIX_DIAG_PEER => s.peer = u64::from(u32_at(v, 0)?),
             UNIX_DIAG_SHUTDOWN => s.shutdown = *v.first()?,
+            UNIX_DIAG_ICONS => s.pending = v.chunks_exact(4).filter_map(|c| u32_at(c, 0)).map(u64::from).collect(),
+            UNIX_DIAG_RQLEN => {
+                s.rqueue = u32_at(v, 0)?;
+                s.wqueue = u32_at(v, 4)?;
+            }
             _ => {}
         }
     }

@@ -1,0 +1,7 @@
+def check():
+    try:
+        os.mkdir(path("denied"))
+        return "mkdir was allowed"
+    except PermissionError:
+        return True
+serve(check)
