@@ -260,3 +260,76 @@ fn a_process_of_another_uid_follows_criu_s_privileges() {
     assert!(e.contains("CAP_SYS_RESOURCE"), "{e}");
     assert_eq!(state_of(&n), "running");
 }
+
+/// Starts a corpus program under cns and waits for it to be ready.
+fn start(id: &str, n: &str, dir: &Path) {
+    let mut args = vec!["run".to_string(), "-d".into(), "--name".into(), n.to_string(), "--".into()];
+    args.extend(build(id, dir));
+    args.push(dir.to_string_lossy().into_owned());
+    ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    wait_for(&format!("{id} to set up"), 30, || log_of(n).contains("ready"));
+}
+
+#[test]
+fn without_pre_flight_the_real_criu_error_is_named_in_one_line() {
+    // Each: a corpus program CRIU refuses, dumped with --no-preflight, and
+    // the one line cns must print (a mapped sentence, or CRIU's own Error text).
+    let cases: &[(&str, &str, &str)] = &[
+        ("posix_mqueue", "a file descriptor points into a mount that is not in the workload's mount namespace", "hint: start the workload with `cns run`"),
+        ("unix_listener_inflight_data", "unix: Non-empty write queue on an in-flight socket", "hint: see the CRIU log"),
+    ];
+    for (id, line, hint) in cases {
+        let n = name(&format!("nopf-{}", id.replace('_', "-")));
+        let _c = Cleanup(vec![n.clone()]);
+        let dir = tempfile::tempdir().expect("scratch");
+        start(id, &n, dir.path());
+        let e = fails(&["dump", "--no-preflight", &n]);
+        let first = e.lines().next().unwrap_or("");
+        assert!(first.starts_with("cns: dump failed: ") && first.contains(line), "{id}: {e}");
+        assert!(!first.contains("Dumping path for") && !first.contains("smaps"), "{id}: a debug line was quoted: {e}");
+        assert!(e.contains(hint), "{id}: {e}");
+        assert_eq!(state_of(&n), "running", "{id}: a failed dump stopped the workload");
+    }
+    if !has_cap_sys_resource() {
+        let n = name("nopf-uid");
+        let _c = Cleanup(vec![n.clone()]);
+        let dir = tempfile::tempdir().expect("scratch");
+        start("other_uid", &n, dir.path());
+        let e = fails(&["dump", "--no-preflight", &n]);
+        assert!(e.starts_with("cns: dump failed: CRIU cannot read the rlimits of a process of another user"), "{e}");
+        assert!(e.contains("hint: run cns with CAP_SYS_RESOURCE"), "{e}");
+    }
+}
+
+#[test]
+fn action_scripts_run_at_criu_s_stages_and_a_failing_one_stops_the_dump() {
+    let n = name("hooks");
+    let _c = Cleanup(vec![n.clone()]);
+    let dir = tempfile::tempdir().expect("scratch");
+    let trace = dir.path().join("trace");
+    let script = dir.path().join("hook.sh");
+    std::fs::write(&script, format!("#!/bin/sh\necho \"$CRTOOLS_SCRIPT_ACTION $CNS_NAME\" >> {}\n", trace.display())).expect("hook");
+    let failing = dir.path().join("fail.sh");
+    std::fs::write(&failing, "#!/bin/sh\n[ \"$CRTOOLS_SCRIPT_ACTION\" = pre-dump ] && exit 3\nexit 0\n").expect("hook");
+    for s in [&script, &failing] {
+        std::fs::set_permissions(s, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+    }
+    start_counter(&n);
+    let s = script.to_str().expect("utf8");
+    ok(&["dump", "--action-script", s, &n]);
+    ok(&["restore", "-d", "--action-script", s, &n]);
+    let stages: Vec<String> = std::fs::read_to_string(&trace).expect("trace").lines().map(|l| l.split(' ').next().unwrap_or("").to_string()).collect();
+    for want in ["pre-dump", "network-lock", "post-dump", "pre-restore", "setup-namespaces", "post-restore", "network-unlock", "post-resume"] {
+        assert!(stages.iter().any(|s| s == want), "no {want} stage: {stages:?}");
+    }
+    let pos = |s: &str| stages.iter().position(|x| x == s).expect(s);
+    assert!(pos("pre-dump") < pos("post-dump") && pos("post-dump") < pos("pre-restore"), "{stages:?}");
+    // A script that fails at pre-dump fails the dump; the workload runs on.
+    let e = fails(&["dump", "--action-script", failing.to_str().expect("utf8"), &n]);
+    assert!(e.contains("action script") && e.contains("pre-dump"), "{e}");
+    assert_eq!(state_of(&n), "running");
+    let k = last_count(&n).expect("count");
+    wait_for("the counter to go on", 20, || last_count(&n).is_some_and(|c| c > k + 2));
+    let e = fails(&["dump", "--action-script", "/no/such/script", &n]);
+    assert!(e.contains("not an executable file"), "{e}");
+}

@@ -7,6 +7,10 @@ use crate::error::{Error, ErrorKind};
 
 /// Explains a failed CRIU `op` from its log.
 pub fn criu_failure(op: &str, err: cns_engine::RpcError, log: &Path) -> Error {
+    if let cns_engine::RpcError::Hook { message, .. } = &err {
+        // cns itself stopped CRIU (an action script, the commit): that is the cause.
+        return Error::new(ErrorKind::Criu, format!("{op} failed: {message}")).with_hint(format!("CRIU rolled back; its log is {}", log.display()));
+    }
     let text = fs::read_to_string(log).unwrap_or_default();
     if let Some(e) = cns_engine::explain_log(&text) {
         return Error::new(ErrorKind::Criu, format!("{op} failed: {} (CRIU log: {})", e.message, log.display())).with_hint(e.hint);
