@@ -27,6 +27,8 @@ fn dispatch(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
         Command::Completions(a) => return cli::completions::completions(a),
         Command::Man(a) => return cli::completions::man(a),
+        // Keys are files of their owner's: no root, no state.
+        Command::Key(c) => return cli::key::key(c, quiet),
         _ => {}
     }
     let rt = Runtime::from_env(cli.criu)?;
@@ -47,7 +49,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Command::Inspect(a) => cli::inspect::inspect(&rt, a),
         Command::Export(a) => cli::export::export(&rt, a, quiet),
         Command::Import(a) => cli::import::import(&rt, a, quiet),
-        Command::Completions(_) | Command::Man(_) => Ok(0),
+        Command::Completions(_) | Command::Man(_) | Command::Key(_) => Ok(0),
     }
 }
 

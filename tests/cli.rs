@@ -8,8 +8,8 @@ use common::*;
 
 use std::path::Path;
 
-const SUBCOMMANDS: [&str; 14] = [
-    "", "run", "ps", "exec", "logs", "kill", "rm", "dump", "restore", "check", "inspect", "export", "import", "completions",
+const SUBCOMMANDS: [&str; 15] = [
+    "", "run", "ps", "exec", "logs", "kill", "rm", "dump", "restore", "check", "inspect", "export", "import", "key", "completions",
 ];
 
 #[test]

@@ -106,9 +106,9 @@ fn raw_tar(entries: &[(&str, u8, &[u8])]) -> Vec<u8> {
 }
 
 fn manifest(files: &[(&str, usize)]) -> Vec<u8> {
-    let files: Vec<serde_json::Value> = files.iter().map(|(p, s)| serde_json::json!({"path": p, "size": s})).collect();
+    let files: Vec<serde_json::Value> = files.iter().map(|(p, s)| serde_json::json!({"path": p, "size": s, "sha256": "0".repeat(64)})).collect();
     serde_json::to_vec(&serde_json::json!({
-        "format": "cns-checkpoint", "format_version": 1, "name": "evil", "cns_version": "0", "criu_version": "4.2.1",
+        "format": "cns-checkpoint", "format_version": 2, "name": "evil", "cns_version": "0", "criu_version": "4.2.1",
         "kernel": "x", "dumped_at": 0, "exported_at": 0, "tcp_established": false, "file_locks": false,
         "ext_unix_sk": false, "shell_job": false, "command": ["x"], "net_mode": "none", "files": files
     }))

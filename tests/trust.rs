@@ -198,10 +198,12 @@ fn rewrite_archive(src: &Path, dst: &Path, edit: impl Fn(&mut serde_json::Value)
     edit(&mut meta);
     entries[meta_pos].1 = serde_json::to_vec(&meta).expect("json");
     let size = entries[meta_pos].1.len();
+    let sha: String = <sha2::Sha256 as sha2::Digest>::digest(&entries[meta_pos].1).iter().map(|b| format!("{b:02x}")).collect();
     let mut manifest: serde_json::Value = serde_json::from_slice(&entries[0].1).expect("manifest");
     for f in manifest["files"].as_array_mut().expect("files") {
         if f["path"] == "images/cns.json" {
             f["size"] = size.into();
+            f["sha256"] = sha.clone().into();
         }
     }
     entries[0].1 = serde_json::to_vec(&manifest).expect("json");

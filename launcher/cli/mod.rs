@@ -9,6 +9,7 @@ pub mod exec;
 pub mod export;
 pub mod import;
 pub mod inspect;
+pub mod key;
 pub mod kill;
 pub mod logs;
 pub mod ps;
@@ -133,6 +134,9 @@ pub enum Command {
     Export(ExportArgs),
     /// Unpack a checkpoint archive (from `cns export`) for `cns restore`
     Import(ImportArgs),
+    /// Make and manage signing keys (minisign's format)
+    #[command(subcommand)]
+    Key(KeyCommand),
     /// Print shell completions
     Completions(CompletionsArgs),
     /// Write man pages into a directory
@@ -320,7 +324,7 @@ pub struct CheckArgs {
 
 #[derive(Debug, Args)]
 pub struct InspectArgs {
-    /// Workload name, or a checkpoint directory (any path with a '/')
+    /// Workload name, a checkpoint directory (any path with a '/'), or an archive file
     #[arg(value_name = "NAME|DIR")]
     pub name: String,
     #[command(flatten)]
@@ -337,6 +341,9 @@ pub struct ExportArgs {
     /// Compression of the archive
     #[arg(long, default_value = "zstd", value_name = "none|gzip|zstd")]
     pub compress: CompressArg,
+    /// Sign the archive's manifest with this secret key (from `cns key generate`)
+    #[arg(long, value_name = "KEY")]
+    pub sign: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -349,6 +356,21 @@ pub struct ImportArgs {
     /// Refuse archives that unpack to more than this many MiB
     #[arg(long, default_value_t = 65536, value_name = "MIB")]
     pub max_size: u64,
+    /// Also trust signatures by this public key (besides /etc/cns/trusted.d/*.pub; repeatable)
+    #[arg(long, value_name = "PUB")]
+    pub trust: Vec<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeyCommand {
+    /// Write a new key pair: the secret key at PATH (0600), the public key at PATH.pub
+    Generate(KeyGenerateArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct KeyGenerateArgs {
+    /// Where the secret key goes (never over an existing file)
+    pub path: PathBuf,
 }
 
 #[derive(Debug, Args)]

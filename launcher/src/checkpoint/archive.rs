@@ -29,8 +29,11 @@ use crate::runtime::Runtime;
 use crate::workload::{Locked, NetMode, validate_name};
 
 const MANIFEST: &str = "cns-checkpoint.json";
+/// The manifest's minisign signature, right after it (signed archives).
+const MANIFEST_SIG: &str = "cns-checkpoint.json.minisig";
 const FORMAT: &str = "cns-checkpoint";
-const FORMAT_VERSION: u32 = 1;
+/// 2: every file carries its SHA-256; an optional signature follows the manifest.
+const FORMAT_VERSION: u32 = 2;
 const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
 const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
 
@@ -59,6 +62,8 @@ struct FileEntry {
     /// `images/NAME` or `log/NAME`.
     path: String,
     size: u64,
+    /// SHA-256 of the first `size` bytes, lower-case hex.
+    sha256: String,
 }
 
 /// Compression of an archive.
@@ -89,6 +94,8 @@ pub struct ExportOptions {
     /// The archive to write.
     pub output: PathBuf,
     pub compression: Compression,
+    /// Sign the manifest with this minisign secret key.
+    pub sign: Option<PathBuf>,
 }
 
 /// What an export wrote.
@@ -97,6 +104,8 @@ pub struct Exported {
     pub name: String,
     pub output: PathBuf,
     pub bytes: u64,
+    /// The key id that signed it.
+    pub signer: Option<String>,
 }
 
 /// Writes the last checkpoint of `opts.name` (and its log) into one archive.
@@ -115,20 +124,24 @@ pub fn export(rt: &Runtime, opts: &ExportOptions) -> Result<Exported> {
     if w.log.exists() {
         entries.push((format!("log/{}.log", w.name), w.log.clone()));
     }
+    let key = opts.sign.as_deref().map(read_secret_key).transpose()?;
     let mut files = Vec::new();
     for (path, src) in &entries {
-        files.push(FileEntry { path: path.clone(), size: fs::metadata(src)?.len() });
+        let size = fs::metadata(src)?.len();
+        files.push(FileEntry { path: path.clone(), size, sha256: sha256_of(src, size)? });
     }
     let manifest = manifest_of(&meta, &w.name, files);
+    let body = serde_json::to_vec_pretty(&manifest)?;
+    let signature = key.as_ref().map(|k| k.sign(&body, &format!("cns checkpoint {} exported {}", w.name, now())));
     let out = &opts.output;
     let tmp = out.with_file_name(format!(".{}.tmp.{:016x}", out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(), crate::files::random_u64()));
-    if let Err(e) = write_archive(&tmp, opts.compression, &manifest, &entries) {
+    if let Err(e) = write_archive(&tmp, opts.compression, (&body, signature.as_deref()), &manifest, &entries) {
         let _ = fs::remove_file(&tmp);
         return Err(e);
     }
     fs::rename(&tmp, out).with_context(|| format!("cannot write {}", out.display()))?;
     let bytes = fs::metadata(out).map(|m| m.len()).unwrap_or(0);
-    Ok(Exported { name: w.name.clone(), output: out.clone(), bytes })
+    Ok(Exported { name: w.name.clone(), output: out.clone(), bytes, signer: key.map(|k| k.public().id()) })
 }
 
 fn manifest_of(meta: &Meta, name: &str, files: Vec<FileEntry>) -> Manifest {
@@ -151,7 +164,7 @@ fn manifest_of(meta: &Meta, name: &str, files: Vec<FileEntry>) -> Manifest {
     }
 }
 
-fn write_archive(tmp: &Path, compression: Compression, manifest: &Manifest, entries: &[(String, PathBuf)]) -> Result<()> {
+fn write_archive(tmp: &Path, compression: Compression, (body, signature): (&[u8], Option<&str>), manifest: &Manifest, entries: &[(String, PathBuf)]) -> Result<()> {
     let file = fs::OpenOptions::new().write(true).create_new(true).mode_private().open(tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
     let sink: Box<dyn Write> = match compression {
         Compression::None => Box::new(io::BufWriter::new(file)),
@@ -159,8 +172,10 @@ fn write_archive(tmp: &Path, compression: Compression, manifest: &Manifest, entr
         Compression::Zstd => Box::new(zstd::stream::write::Encoder::new(io::BufWriter::new(file), 3)?.auto_finish()),
     };
     let mut tar = tar::Builder::new(sink);
-    let body = serde_json::to_vec_pretty(manifest)?;
-    append(&mut tar, MANIFEST, body.len() as u64, &mut body.as_slice())?;
+    append(&mut tar, MANIFEST, body.len() as u64, &mut &body[..])?;
+    if let Some(sig) = signature {
+        append(&mut tar, MANIFEST_SIG, sig.len() as u64, &mut sig.as_bytes())?;
+    }
     // The sizes of the manifest: a running workload's log keeps growing.
     for ((path, src), entry) in entries.iter().zip(&manifest.files) {
         let mut f = fs::File::open(src).with_context(|| format!("cannot read {}", src.display()))?;
@@ -168,6 +183,89 @@ fn write_archive(tmp: &Path, compression: Compression, manifest: &Manifest, entr
     }
     tar.into_inner()?.flush()?;
     Ok(())
+}
+
+/// SHA-256 of the first `size` bytes of `path`.
+fn sha256_of(path: &Path, size: u64) -> Result<String> {
+    use sha2::Digest;
+    let mut f = fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut h = sha2::Sha256::new();
+    io::copy(&mut (&mut f).take(size), &mut h).with_context(|| format!("cannot read {}", path.display()))?;
+    Ok(hex(&h.finalize()))
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn read_secret_key(p: &Path) -> Result<super::signing::SecretKey> {
+    let text = fs::read_to_string(p).map_err(|e| Error::new(ErrorKind::NotFound, format!("cannot read the secret key {}: {e}", p.display())).with_hint("make one with `cns key generate PATH`"))?;
+    super::signing::SecretKey::parse(&text).map_err(|e| Error::invalid(format!("{} is not a usable secret key: {}", p.display(), e.one_line()), "make one with `cns key generate PATH`"))
+}
+
+/// Which signatures an import accepts.
+#[derive(Debug, Clone, Default)]
+pub struct TrustPolicy {
+    /// Keys whose signatures are accepted.
+    pub keys: Vec<super::signing::PublicKey>,
+    /// Refuse unsigned archives.
+    pub require_signature: bool,
+}
+
+impl TrustPolicy {
+    /// The host's policy: `/etc/cns/trusted.d/*.pub`, the extra keys given,
+    /// and the config's `require_signature`.
+    pub fn of_host(rt: &Runtime, extra: &[PathBuf]) -> Result<TrustPolicy> {
+        let mut files: Vec<PathBuf> = fs::read_dir(rt.config_dir().join("trusted.d"))
+            .map(|rd| rd.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "pub")).collect())
+            .unwrap_or_default();
+        files.sort();
+        files.extend(extra.iter().cloned());
+        let mut keys = Vec::new();
+        for f in &files {
+            let text = fs::read_to_string(f).map_err(|e| Error::new(ErrorKind::NotFound, format!("cannot read the public key {}: {e}", f.display())).with_hint("give --trust the .pub file of a key"))?;
+            keys.push(super::signing::PublicKey::parse(&text).map_err(|e| Error::invalid(format!("{} is not a minisign public key: {}", f.display(), e.one_line()), "give --trust the .pub file of a key"))?);
+        }
+        Ok(TrustPolicy { keys, require_signature: rt.config.require_signature })
+    }
+
+    /// Judges the manifest's signature (if any): who signed, or why refused.
+    fn judge(&self, file: &Path, manifest: &[u8], sig: Option<&str>) -> Result<Option<String>> {
+        use super::signing::{Rejected, verify};
+        let Some(sig) = sig else {
+            if self.require_signature {
+                return Err(Error::new(ErrorKind::Archive, format!("cannot import {}: it is not signed, and this host requires signed checkpoints", file.display()))
+                    .with_hint("export it with `cns export NAME -o FILE --sign KEY`, or set require_signature = false in /etc/cns/config.toml"));
+            }
+            return Ok(None);
+        };
+        match verify(sig, manifest, &self.keys) {
+            Ok(s) => Ok(Some(s.key_id)),
+            Err(Rejected::UntrustedKey(id)) => Err(Error::new(ErrorKind::Archive, format!("cannot import {}: it is signed by key {id}, which this host does not trust", file.display()))
+                .with_hint(format!("if you trust its author, put their public key in /etc/cns/trusted.d/ or pass --trust KEY.pub (key id {id})"))),
+            Err(Rejected::BadSignature(id)) => Err(Error::new(ErrorKind::Archive, format!("cannot import {}: its manifest was altered after key {id} signed it", file.display()))
+                .with_hint("get the archive again from its author; do not restore it")),
+            Err(Rejected::Malformed(why)) => Err(refuse(file, format!("its signature is unreadable: {why}"))),
+        }
+    }
+}
+
+/// Wraps the staging file so the SHA-256 is computed as the bytes stream in.
+struct Hashing<W> {
+    inner: W,
+    hash: sha2::Sha256,
+}
+
+impl<W: Write> Write for Hashing<W> {
+    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+        use sha2::Digest;
+        let n = self.inner.write(b)?;
+        self.hash.update(&b[..n]);
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 fn append(tar: &mut tar::Builder<Box<dyn Write>>, path: &str, size: u64, data: &mut dyn Read) -> Result<()> {
@@ -229,6 +327,8 @@ pub struct ImportOptions {
     pub as_name: Option<String>,
     /// Refuse archives that unpack to more than this many bytes.
     pub max_bytes: u64,
+    /// Public keys trusted for this import, besides /etc/cns/trusted.d.
+    pub trust: Vec<PathBuf>,
 }
 
 /// What an import made.
@@ -237,6 +337,8 @@ pub struct Imported {
     pub name: String,
     pub criu_version: String,
     pub kernel: String,
+    /// The key id that signed it.
+    pub signer: Option<String>,
 }
 
 /// Unpacks an archive into a new dumped workload, trusting nothing in it.
@@ -245,16 +347,17 @@ pub fn import(rt: &Runtime, opts: &ImportOptions) -> Result<Imported> {
         validate_name(n)?;
     }
     let file = &opts.file;
+    let trust = TrustPolicy::of_host(rt, &opts.trust)?;
     let reader = open_archive(file)?;
     let root = rt.images_root();
     mkdir_private(&root).with_context(|| format!("cannot create {}", root.display()))?;
     let staging = root.join(format!(".import-{}", std::process::id()));
     let _ = fs::remove_dir_all(&staging);
     mkdir_private(&staging).with_context(|| format!("cannot create {}", staging.display()))?;
-    let result = unpack(file, reader, &staging, opts.max_bytes).and_then(|(manifest, log)| {
-        let name = opts.as_name.clone().unwrap_or_else(|| manifest.name.clone());
-        install(rt, file, &staging, &name, log.as_deref())?;
-        Ok(Imported { name, criu_version: manifest.criu_version, kernel: manifest.kernel })
+    let result = unpack(file, reader, &staging, opts.max_bytes, &trust).and_then(|u| {
+        let name = opts.as_name.clone().unwrap_or_else(|| u.manifest.name.clone());
+        install(rt, file, &staging, &name, u.log.as_deref())?;
+        Ok(Imported { name, criu_version: u.manifest.criu_version, kernel: u.manifest.kernel, signer: u.signer })
     });
     if result.is_err() {
         let _ = fs::remove_dir_all(&staging);
@@ -305,12 +408,89 @@ fn install_locked(rt: &Runtime, locked: &Locked, staging: &Path, mut meta: Meta,
     Ok(())
 }
 
+/// What an archive says of itself, and whether this host trusts its
+/// signer: for `cns inspect FILE`. Reads only the manifest and signature.
+pub fn inspect_archive(rt: &Runtime, file: &Path) -> Result<serde_json::Value> {
+    use super::signing::{Rejected, signer_id, verify};
+    let mut ar = tar::Archive::new(open_archive(file)?);
+    let mut entries = ar.entries().map_err(|e| refuse(file, format!("unreadable archive: {e}")))?;
+    let mut read = |want: &str, limit: u64| -> Result<Option<Vec<u8>>> {
+        match entries.next() {
+            Some(Ok(mut e)) if e.path_bytes().as_ref() == want.as_bytes() && e.size() <= limit => {
+                let mut b = Vec::new();
+                e.read_to_end(&mut b).map_err(|err| refuse(file, format!("it is truncated or corrupt: {err}")))?;
+                Ok(Some(b))
+            }
+            Some(Err(e)) => Err(refuse(file, format!("it is truncated or corrupt: {e}"))),
+            _ => Ok(None),
+        }
+    };
+    let body = read(MANIFEST, 1 << 20)?.ok_or_else(|| refuse(file, format!("it does not start with {MANIFEST}: not a cns checkpoint archive")))?;
+    let m: Manifest = serde_json::from_slice(&body).map_err(|err| refuse(file, format!("its manifest is corrupt: {err}")))?;
+    let sig = read(MANIFEST_SIG, 4096)?.map(|b| String::from_utf8_lossy(&b).into_owned());
+    let trust = TrustPolicy::of_host(rt, &[])?;
+    let (signer, status, trusted) = match &sig {
+        None => (None, "unsigned".to_string(), false),
+        Some(t) => match verify(t, &body, &trust.keys) {
+            Ok(s) => (Some(s.key_id), "valid, by a trusted key".to_string(), true),
+            Err(Rejected::UntrustedKey(id)) => (Some(id), "signed by a key this host does not trust".to_string(), false),
+            Err(Rejected::BadSignature(id)) => (Some(id), "INVALID: the manifest was altered".to_string(), false),
+            Err(Rejected::Malformed(w)) => (signer_id(t), format!("unreadable: {w}"), false),
+        },
+    };
+    Ok(serde_json::json!({
+        "archive": file,
+        "name": m.name,
+        "format_version": m.format_version,
+        "criu_version": m.criu_version,
+        "kernel": m.kernel,
+        "dumped_at": m.dumped_at,
+        "exported_at": m.exported_at,
+        "command": m.command,
+        "files": m.files.len(),
+        "bytes": m.files.iter().fold(0u64, |t, f| t.saturating_add(f.size)),
+        "signature": {"signed_by": signer, "status": status, "trusted": trusted, "unsigned_refused_here": trust.require_signature},
+    }))
+}
+
 /// Unpacks `reader` into `staging` under the rules of the module docs.
 /// Returns the manifest and the unpacked log, if any.
-fn unpack(file: &Path, reader: Box<dyn Read>, staging: &Path, max_total: u64) -> Result<(Manifest, Option<PathBuf>)> {
+/// What an archive unpacked to.
+#[derive(Debug)]
+struct Unpacked {
+    manifest: Manifest,
+    log: Option<PathBuf>,
+    /// The key id that signed the manifest (trusted by the policy).
+    signer: Option<String>,
+}
+
+fn unpack(file: &Path, reader: Box<dyn Read>, staging: &Path, max_total: u64, trust: &TrustPolicy) -> Result<Unpacked> {
     let mut ar = tar::Archive::new(reader);
     let mut entries = ar.entries().map_err(|e| refuse(file, format!("unreadable archive: {e}")))?;
-    // 1. The manifest, first.
+    let (manifest, body) = read_manifest(file, &mut entries, staging, max_total)?;
+    // 2. Its signature, if any, judged before anything else is written.
+    let mut pending = entries.next();
+    let mut sig_text = None;
+    if matches!(&pending, Some(Ok(e)) if e.path_bytes().as_ref() == MANIFEST_SIG.as_bytes()) {
+        if let Some(Ok(mut e)) = pending.take() {
+            if e.header().entry_type() != tar::EntryType::Regular || e.size() > 4096 {
+                return Err(refuse(file, "its signature entry is not a small regular file"));
+            }
+            let mut t = String::new();
+            e.read_to_string(&mut t).map_err(|err| refuse(file, format!("its signature is truncated or corrupt: {err}")))?;
+            sig_text = Some(t);
+        }
+        pending = entries.next();
+    }
+    let signer = trust.judge(file, &body, sig_text.as_deref())?;
+    let log = unpack_files(file, pending.into_iter().chain(entries), &manifest, staging)?;
+    Ok(Unpacked { manifest, log, signer })
+}
+
+/// The manifest, first entry of the archive, checked against the limits
+/// and free space; returned with its exact bytes (what a signature covers).
+fn read_manifest<R: Read>(file: &Path, entries: &mut tar::Entries<'_, R>, staging: &Path, max_total: u64) -> Result<(Manifest, Vec<u8>)> {
+    let mut body = Vec::new();
     let manifest: Manifest = {
         let mut e = match entries.next() {
             Some(Ok(e)) => e,
@@ -321,9 +501,8 @@ fn unpack(file: &Path, reader: Box<dyn Read>, staging: &Path, max_total: u64) ->
         if path != MANIFEST.as_bytes() || e.header().entry_type() != tar::EntryType::Regular || e.size() > 1 << 20 {
             return Err(refuse(file, format!("it does not start with {MANIFEST}: not a cns checkpoint archive")));
         }
-        let mut text = Vec::new();
-        e.read_to_end(&mut text).map_err(|err| refuse(file, format!("it is truncated or corrupt: {err}")))?;
-        serde_json::from_slice(&text).map_err(|err| refuse(file, format!("its manifest is corrupt: {err}")))?
+        e.read_to_end(&mut body).map_err(|err| refuse(file, format!("it is truncated or corrupt: {err}")))?;
+        serde_json::from_slice(&body).map_err(|err| refuse(file, format!("its manifest is corrupt: {err}")))?
     };
     if manifest.format != FORMAT || manifest.format_version != FORMAT_VERSION {
         return Err(refuse(file, format!("format {} v{} is not {FORMAT} v{FORMAT_VERSION}", manifest.format, manifest.format_version)));
@@ -345,13 +524,16 @@ fn unpack(file: &Path, reader: Box<dyn Read>, staging: &Path, max_total: u64) ->
             bail_hint!(kind: ErrorKind::System, "free space where the images go (or set images_dir in the config)", "cannot import {}: it needs {} MiB, {} MiB are free", file.display(), total >> 20, free >> 20);
         }
     }
-    let listed: std::collections::BTreeMap<String, u64> = manifest.files.iter().map(|f| (f.path.clone(), f.size)).collect();
-    for path in listed.keys() {
-        if !allowed_path(path) {
-            return Err(refuse(file, format!("its manifest lists {path:?}, which is not a plain image or log name")));
-        }
+    if let Some(f) = manifest.files.iter().find(|f| !allowed_path(&f.path)) {
+        return Err(refuse(file, format!("its manifest lists {:?}, which is not a plain image or log name", f.path)));
     }
-    // 2. Every other entry: a listed regular file at a plain name.
+    Ok((manifest, body))
+}
+
+/// Every other entry: a listed regular file at a plain name, its SHA-256
+/// computed as it streams into `staging`. Returns the unpacked log.
+fn unpack_files<'a, R: Read + 'a>(file: &Path, entries: impl Iterator<Item = io::Result<tar::Entry<'a, R>>>, manifest: &Manifest, staging: &Path) -> Result<Option<PathBuf>> {
+    let listed: std::collections::BTreeMap<String, (u64, String)> = manifest.files.iter().map(|f| (f.path.clone(), (f.size, f.sha256.clone()))).collect();
     let mut seen = std::collections::BTreeSet::new();
     let mut log = None;
     for e in entries {
@@ -361,7 +543,7 @@ fn unpack(file: &Path, reader: Box<dyn Read>, staging: &Path, max_total: u64) ->
         if e.header().entry_type() != tar::EntryType::Regular {
             return Err(refuse(file, format!("entry {path:?} is a {:?}, only regular files are allowed", e.header().entry_type())));
         }
-        let Some(&size) = listed.get(&path).filter(|_| allowed_path(&path)) else {
+        let Some((size, sha)) = listed.get(&path).filter(|_| allowed_path(&path)).cloned() else {
             return Err(refuse(file, format!("entry {path:?} is not a listed image or log file")));
         };
         if e.size() != size || !seen.insert(path.clone()) {
@@ -369,10 +551,15 @@ fn unpack(file: &Path, reader: Box<dyn Read>, staging: &Path, max_total: u64) ->
         }
         let (dir, base) = path.split_once('/').unwrap_or(("", &path));
         let target = if dir == "log" { staging.join(format!(".log.{base}")) } else { staging.join(base) };
-        let mut out = fs::OpenOptions::new().write(true).create_new(true).mode_private().open(&target).with_context(|| format!("cannot write {}", target.display()))?;
+        let out = fs::OpenOptions::new().write(true).create_new(true).mode_private().open(&target).with_context(|| format!("cannot write {}", target.display()))?;
+        let mut out = Hashing { inner: out, hash: <sha2::Sha256 as sha2::Digest>::new() };
         let n = io::copy(&mut (&mut e).take(size), &mut out).map_err(|err| refuse(file, format!("it is truncated or corrupt: {err}")))?;
         if n != size {
             return Err(refuse(file, format!("it is truncated: {path} has {n} of {size} bytes")));
+        }
+        if hex(&sha2::Digest::finalize(out.hash)) != sha {
+            return Err(Error::new(ErrorKind::Archive, format!("cannot import {}: {path} was altered (its SHA-256 differs from the manifest's)", file.display()))
+                .with_hint("get the archive again from its author; do not restore it"));
         }
         if dir == "log" {
             log = Some(target);
@@ -382,7 +569,7 @@ fn unpack(file: &Path, reader: Box<dyn Read>, staging: &Path, max_total: u64) ->
         let missing: Vec<&String> = listed.keys().filter(|p| !seen.contains(*p)).collect();
         return Err(refuse(file, format!("it is truncated: missing {missing:?}")));
     }
-    Ok((manifest, log))
+    Ok(log)
 }
 
 fn allowed_path(p: &str) -> bool {
@@ -413,10 +600,11 @@ mod tests {
 
     /// A small valid archive: manifest, two images, a log.
     fn sample() -> Vec<u8> {
+        let sha = |b: &[u8]| hex(&<sha2::Sha256 as sha2::Digest>::digest(b));
         let files = vec![
-            FileEntry { path: "images/inventory.img".into(), size: 12 },
-            FileEntry { path: "images/pages-1.img".into(), size: 4096 },
-            FileEntry { path: "log/w.log".into(), size: 5 },
+            FileEntry { path: "images/inventory.img".into(), size: 12, sha256: sha(&[7u8; 12]) },
+            FileEntry { path: "images/pages-1.img".into(), size: 4096, sha256: sha(&[1u8; 4096]) },
+            FileEntry { path: "log/w.log".into(), size: 5, sha256: sha(b"hello") },
         ];
         let m = Manifest {
             format: FORMAT.into(),
@@ -489,7 +677,7 @@ mod tests {
             }
             let staging = parent.path().join("staging");
             fs::create_dir(&staging).expect("staging");
-            let r = unpack(&file, Box::new(std::io::Cursor::new(data)), &staging, limit);
+            let r = unpack(&file, Box::new(std::io::Cursor::new(data)), &staging, limit, &TrustPolicy::default());
             let outside: Vec<_> = tree(parent.path()).into_iter().filter(|(p, _)| !p.starts_with(&staging)).collect();
             assert!(outside.is_empty(), "round {round}: wrote outside staging: {outside:?}");
             let inside: u64 = tree(&staging).iter().map(|(_, n)| n).sum();
@@ -502,7 +690,7 @@ mod tests {
         // The unmutated archive unpacks (the property is not vacuous).
         let staging = parent.path().join("staging");
         fs::create_dir(&staging).expect("staging");
-        assert!(unpack(&file, Box::new(std::io::Cursor::new(good)), &staging, limit).is_ok());
+        assert!(unpack(&file, Box::new(std::io::Cursor::new(good)), &staging, limit, &TrustPolicy::default()).is_ok());
         assert!(accepted < 3000, "no mutation was refused");
     }
 
@@ -513,7 +701,7 @@ mod tests {
             "format": FORMAT, "format_version": FORMAT_VERSION, "name": "w", "cns_version": "0", "criu_version": "4.2.1",
             "kernel": "k", "dumped_at": 0, "exported_at": 0, "tcp_established": false, "file_locks": false,
             "ext_unix_sk": false, "shell_job": false, "command": [], "net_mode": "veth",
-            "files": [{"path": "images/a.img", "size": u64::MAX}, {"path": "images/b.img", "size": 2}]
+            "files": [{"path": "images/a.img", "size": u64::MAX, "sha256": ""}, {"path": "images/b.img", "size": 2, "sha256": ""}]
         });
         let tmp = tempfile::NamedTempFile::new().expect("tmp");
         let sink: Box<dyn Write> = Box::new(tmp.reopen().expect("reopen"));
@@ -522,7 +710,7 @@ mod tests {
         append(&mut tar, MANIFEST, body.len() as u64, &mut body.as_slice()).expect("manifest");
         tar.into_inner().expect("finish").flush().expect("flush");
         let out = fs::read(tmp.path()).expect("read");
-        let e = unpack(Path::new("x"), Box::new(std::io::Cursor::new(out)), parent.path(), 1 << 30).expect_err("overflow");
+        let e = unpack(Path::new("x"), Box::new(std::io::Cursor::new(out)), parent.path(), 1 << 30, &TrustPolicy::default()).expect_err("overflow");
         assert!(e.to_string().contains("overflow"), "{e}");
     }
 

@@ -10,6 +10,7 @@ pub mod failure;
 pub mod hooks;
 pub mod meta;
 pub mod restore;
+pub mod signing;
 
 pub use dump::{DumpOptions, DumpOutcome, DumpPlan};
 pub use meta::{Meta, read_meta};

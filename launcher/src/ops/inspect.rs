@@ -11,6 +11,10 @@ use crate::workload::State;
 /// last checkpoint) or a checkpoint directory. The JSON field names are
 /// stable (docs/json.md); the text form shows the same facts.
 pub fn inspect(rt: &Runtime, target: &str) -> Result<serde_json::Value> {
+    if std::fs::metadata(target).is_ok_and(|m| m.is_file()) {
+        // An archive written by `cns export`.
+        return crate::checkpoint::archive::inspect_archive(rt, std::path::Path::new(target));
+    }
     let mut v = serde_json::Map::new();
     let images = if target.contains('/') {
         Some(std::path::PathBuf::from(target))

@@ -12,7 +12,8 @@ pub mod rm;
 pub mod run;
 
 pub use crate::checkpoint::adopt::dump_host_tree;
-pub use crate::checkpoint::archive::{Compression, ExportOptions, Exported, ImportOptions, Imported, export, import};
+pub use crate::checkpoint::archive::{Compression, ExportOptions, Exported, ImportOptions, Imported, TrustPolicy, export, import};
+pub use crate::checkpoint::signing::generate_files as generate_key;
 pub use crate::checkpoint::dump::{DumpOptions, DumpOutcome, DumpPlan, dump};
 pub use crate::checkpoint::restore::{RestoreOptions, RestorePlan, Restored, restore};
 pub use exec::{ExecOptions, exec};

@@ -20,6 +20,9 @@ pub struct Config {
     /// Default `--file-locks` for dump/restore.
     #[serde(default)]
     pub file_locks: bool,
+    /// Refuse to import unsigned checkpoint archives.
+    #[serde(default)]
+    pub require_signature: bool,
 }
 
 impl Config {
@@ -40,7 +43,7 @@ impl Config {
         toml::from_str(&text).map_err(|e| {
             Error::invalid(
                 format!("invalid config {}: {}", path.display(), e.message()),
-                "known keys: images_dir, address_pool, tcp_established, file_locks (see docs/config.md)",
+                "known keys: images_dir, address_pool, tcp_established, file_locks, require_signature (see docs/config.md)",
             )
         })
     }
