@@ -103,6 +103,8 @@ pub struct CriuOptions {
     pub notify: bool,
     /// Dump: the largest deleted file CRIU carries in the image (`--ghost-limit`; CRIU's default 1 MiB).
     pub ghost_limit: Option<u32>,
+    /// Restore: memory is served on demand by a lazy-pages daemon (`--lazy-pages`).
+    pub lazy_pages: bool,
 }
 
 impl CriuOptions {
@@ -121,6 +123,7 @@ impl CriuOptions {
             root: None,
             notify: true,
             ghost_limit: None,
+            lazy_pages: false,
         }
     }
 
@@ -139,6 +142,7 @@ impl CriuOptions {
             root: Some("/".into()),
             notify: true,
             ghost_limit: None,
+            lazy_pages: false,
         }
     }
 
@@ -158,6 +162,7 @@ impl CriuOptions {
             link_remap: Some(self.flags.link_remap),
             evasive_devices: Some(self.flags.evasive_devices),
             ghost_limit: self.ghost_limit,
+            lazy_pages: self.lazy_pages.then_some(true),
             log_level: Some(LOG_LEVEL),
             log_file: Some(self.log_file.clone()),
             work_dir_fd: work_dir.map(|f| f.as_raw_fd()),
@@ -196,6 +201,9 @@ impl CriuOptions {
             v.extend(["--external".into(), e.clone()]);
         }
         v.extend(self.flags.args().map(String::from));
+        if self.lazy_pages {
+            v.push("--lazy-pages".into());
+        }
         if let Some(g) = self.ghost_limit {
             v.extend(["--ghost-limit".into(), g.to_string()]);
         }

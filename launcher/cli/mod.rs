@@ -287,6 +287,10 @@ pub struct RestoreArgs {
     pub criu: CriuFlags,
     #[command(flatten)]
     pub hooks: HooksArg,
+    /// Post-copy: run at once, memory served on demand by CRIU's lazy-pages daemon
+    /// (needs fs.pipe-max-size >= 4 MiB and userfaultfd)
+    #[arg(long)]
+    pub lazy: bool,
     /// Keep the dumped inner address for a copy (default: a fresh one for --as)
     #[arg(long)]
     pub keep_ip: bool,

@@ -21,6 +21,7 @@ pub fn restore(rt: &Runtime, a: RestoreArgs, quiet: bool) -> anyhow::Result<i32>
         pidfile: a.start.pidfile,
         publish: a.publish.publish,
         action_scripts: a.hooks.action_scripts,
+        lazy: a.lazy,
     };
     if a.cmdline.print_criu_cmdline {
         rt.require_root()?;

@@ -93,6 +93,10 @@ pub fn dump(rt: &Runtime, opts: &DumpOptions, events: &dyn Events) -> Result<Dum
     let l = rt.store.try_lock(&opts.name)?;
     let w = l.load()?;
     let pid = w.running_pid()?;
+    if let Some(daemon) = crate::checkpoint::lazy::pending(&l.dir) {
+        return Err(Error::new(ErrorKind::State, format!("workload {} is still receiving its memory from a lazy restore (lazy-pages daemon pid {daemon})", w.name))
+            .with_hint("wait until its memory is in (the daemon exits), then dump"));
+    }
     let plan = plan(rt, opts, &w, pid)?;
     let monitor = w.shim_pid.map(|p| (p, w.shim_start));
     let out = dump_locked(rt, &l, w, plan, opts.no_preflight, events)?;

@@ -8,6 +8,7 @@ pub mod commit;
 pub mod dump;
 pub mod failure;
 pub mod hooks;
+pub mod lazy;
 pub mod meta;
 pub mod restore;
 pub mod signing;

@@ -50,6 +50,8 @@ pub struct RestoreOptions {
     pub publish: Vec<String>,
     /// Action scripts run at each of CRIU's stages (hooks.rs).
     pub action_scripts: Vec<PathBuf>,
+    /// Post-copy: run at once, memory served on demand (lazy.rs).
+    pub lazy: bool,
 }
 
 /// A restored, running workload.
@@ -91,6 +93,8 @@ pub struct RestorePlan {
     /// The ports to publish.
     pub publish: Vec<crate::net::Publish>,
     pub action_scripts: Vec<PathBuf>,
+    /// A lazy restore's own work dir (its daemon's socket and the logs).
+    pub lazy_dir: Option<PathBuf>,
 }
 
 impl RestorePlan {
@@ -162,8 +166,16 @@ pub fn plan(rt: &Runtime, opts: &RestoreOptions) -> Result<RestorePlan> {
         vec![]
     };
     crate::checkpoint::hooks::check(&opts.action_scripts)?;
+    if opts.lazy {
+        if meta.workload.adopted {
+            return Err(Error::invalid("an adopted host tree cannot be restored lazily", "restore it without --lazy"));
+        }
+        crate::checkpoint::lazy::check_host()?;
+    }
+    let lazy_dir = opts.lazy.then(|| crate::checkpoint::lazy::work_dir(&images, &new_name));
     let log = rt.store.paths.log_file(&new_name);
     let mut o = CriuOptions::restore(&images, format!("restore-{new_name}.log"));
+    o.lazy_pages = opts.lazy;
     o.flags = opts.flags.union(meta.flags);
     if let Some(h) = &host_if {
         o.external.push(format!("veth[{}]:{h}", cns_netns::INNER_IF));
@@ -171,7 +183,7 @@ pub fn plan(rt: &Runtime, opts: &RestoreOptions) -> Result<RestorePlan> {
     if meta.workload.stdio_mount.is_some() {
         o.external.push(format!("mnt[{STDIO_KEY}]:{}", log.display()));
     }
-    Ok(RestorePlan { new_name, images, meta, in_place, address, host_if, log, criu: rt.criu()?, options: o, pidfile: opts.pidfile.clone(), publish, action_scripts: opts.action_scripts.clone() })
+    Ok(RestorePlan { new_name, images, meta, in_place, address, host_if, log, criu: rt.criu()?, options: o, pidfile: opts.pidfile.clone(), publish, action_scripts: opts.action_scripts.clone(), lazy_dir })
 }
 
 fn same_dir(a: &Path, b: &Path) -> bool {
@@ -348,7 +360,29 @@ fn preflight_restore(plan: &RestorePlan, opts: &RestoreOptions) -> Result<()> {
 fn start(rt: &Runtime, plan: &RestorePlan, net: &NetConfig, published: crate::net::publish::Published, state_dir: &Path, detach: bool, lock_fd: i32) -> Result<(i32, i32)> {
     let mut published = Some(published);
     let mut work = || {
-        let pid = run_criu(plan, net, state_dir)?;
+        let daemon = match &plan.lazy_dir {
+            Some(dir) => Some(crate::checkpoint::lazy::start(&plan.criu.path, &plan.images, dir, state_dir)?),
+            None => None,
+        };
+        let pid = match run_criu(plan, net, state_dir) {
+            Ok(pid) => pid,
+            Err(e) => {
+                if let Some(d) = daemon {
+                    crate::checkpoint::lazy::abandon(d, state_dir);
+                }
+                return Err(e);
+            }
+        };
+        if let Some(d) = daemon {
+            let w = crate::checkpoint::lazy::Watch {
+                name: plan.new_name.clone(),
+                root: pid,
+                root_start: crate::process::stat::process_start(pid),
+                log: plan.log.clone(),
+                state_dir: state_dir.to_path_buf(),
+            };
+            crate::checkpoint::lazy::watch(d, w);
+        }
         if let Some(p) = published.take() {
             p.serve(net);
         }
@@ -360,7 +394,10 @@ fn start(rt: &Runtime, plan: &RestorePlan, net: &NetConfig, published: crate::ne
     }
     let store = rt.store.clone();
     let name = plan.new_name.clone();
-    let mut on_exit = |pid: i32, code: i32| store.record_exit(&name, pid, code);
+    let mut on_exit = |pid: i32, code: i32| {
+        crate::checkpoint::lazy::finish_watchers();
+        store.record_exit(&name, pid, code)
+    };
     let (report, monitor) = monitor::spawn_detached(lock_fd, &mut work, &mut on_exit)?;
     Ok((report.into_result(ErrorKind::Criu)?, monitor))
 }
@@ -380,12 +417,15 @@ fn run_criu(plan: &RestorePlan, net: &NetConfig, state_dir: &Path) -> Result<i32
         return crate::checkpoint::adopt::restore_host_tree(&plan.criu.path, &plan.images, plan.options.flags);
     }
     let dir = open_dir(&plan.images)?;
-    let log_path = plan.images.join(&plan.options.log_file);
+    // A lazy restore works in its own dir: its daemon's socket is there.
+    let work_path = plan.lazy_dir.clone().unwrap_or_else(|| plan.images.clone());
+    let work = open_dir(&work_path)?;
+    let log_path = work_path.join(&plan.options.log_file);
     let move_address = net.addrs != plan.meta.workload.net.addrs;
     let mut hook_err: Option<String> = None;
     let swrk = Swrk::start(&plan.criu.path, &[], criu_stderr(&plan.images, &format!("criu-stderr-{}.log", plan.new_name)))?;
     recovery::set_criu(state_dir, swrk.pid() as i32);
-    let dirs = Dirs { images: Some(dir.as_fd()), work: Some(dir.as_fd()) };
+    let dirs = Dirs { images: Some(dir.as_fd()), work: Some(work.as_fd()) };
     let res = swrk.restore(&plan.options, dirs, &[], &mut |n: &Notify| {
         if n.script == "setup-namespaces" {
             if let Some(pid) = n.pid {

@@ -248,6 +248,7 @@ fn launch(rt: &Runtime, spec: &Spec, net: &NetConfig, locked: &Locked, detach: b
 /// returns its exit code.
 pub fn wait_foreground(rt: &Runtime, name: &str, pid: i32, log: &std::path::Path, offset: u64, out: &mut dyn std::io::Write) -> i32 {
     let code = monitor::foreground(pid, log, offset, out);
+    crate::checkpoint::lazy::finish_watchers();
     rt.store.record_exit(name, pid, code);
     code
 }

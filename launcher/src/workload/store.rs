@@ -198,8 +198,13 @@ impl Store {
     /// Records the exit of `pid` with `code` unless the workload moved on
     /// meanwhile (dumped, restored under a new PID, removed).
     pub fn record_exit(&self, name: &str, pid: i32, code: i32) {
-        let Ok(l) = self.lock(name) else { return };
-        let Ok(mut w) = l.load() else { return };
+        // Wait for the lock even while the record does not exist yet: a
+        // restore of a new copy saves it only once its root runs, and a root
+        // that exits at once must not be recorded before that.
+        let Ok(f) = self.lock_file(name) else { return };
+        let Ok(_lock) = Flock::lock(f, FlockArg::LockExclusive) else { return };
+        let Ok(mut w) = self.get(name) else { return };
+        let l = Locked { name: name.to_string(), dir: self.paths.workload_dir(name), _lock };
         if w.mark_exited(pid, code) {
             let _ = l.save(&w);
         }
