@@ -350,3 +350,31 @@ fn an_altered_init_binary_is_never_run_and_is_replaced() {
     assert!(same, "the altered init copy was kept");
     assert!(exe.is_some_and(|e| e.to_string_lossy().contains("cns-init-")), "the workload's PID 1 is not the init copy");
 }
+
+#[test]
+fn the_lock_of_a_name_survives_rm_so_waiters_and_newcomers_share_it() {
+    use std::os::unix::fs::MetadataExt;
+    let n = name("lockrm");
+    let _c = Cleanup(vec![n.clone()]);
+    ok(&["run", "-d", "--name", &n, "--", "sleep", "1000"]);
+    let lock = format!("/run/cns/.locks/{n}");
+    let before = std::fs::metadata(&lock).expect("lock file").ino();
+    ok(&["rm", "-f", &n]);
+    assert_eq!(std::fs::metadata(&lock).expect("the lock file outlives rm").ino(), before);
+    ok(&["run", "-d", "--name", &n, "--", "sleep", "1000"]);
+    assert_eq!(std::fs::metadata(&lock).expect("lock file").ino(), before, "a re-created name got a second lock");
+}
+
+#[test]
+fn the_sweep_removes_half_done_imports_of_dead_commands() {
+    let mut child = std::process::Command::new("true").spawn().expect("true");
+    let dead = child.id();
+    child.wait().expect("wait");
+    let staging = std::path::PathBuf::from(format!("/var/lib/cns/images/.import-{dead}"));
+    std::fs::create_dir_all(&staging).expect("mkdir");
+    std::fs::write(staging.join("pages-1.img"), b"half an import").expect("write");
+    ok(&["ps"]);
+    let left = staging.exists();
+    let _ = std::fs::remove_dir_all(&staging);
+    assert!(!left, "a dead import's staging directory was left");
+}
