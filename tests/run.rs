@@ -185,3 +185,24 @@ fn a_running_workload_passes_a_plain_criu_dump() {
     assert!(dumped, "criu dump failed: {log}");
     assert!(alive(pid));
 }
+
+#[test]
+fn ps_keeps_each_command_on_one_line_and_rm_and_kill_take_several_names() {
+    let names: Vec<String> = (0..3).map(|i| name(&format!("multi{i}"))).collect();
+    let _c = Cleanup(names.clone());
+    for n in &names {
+        ok(&["run", "-d", "--name", n, "--", "sh", "-c", "trap 'exit 3' USR1; while :; do sleep 0.05; done\n# second line\t"]);
+    }
+    let table = ok(&["ps"]);
+    let rows: Vec<&str> = table.lines().filter(|l| names.iter().any(|n| l.starts_with(n.as_str()))).collect();
+    assert_eq!(rows.len(), 3, "{table}");
+    assert!(rows.iter().all(|l| l.contains("done\\n# second line\\t")), "{table}");
+    ok(&["kill", &names[0], &names[1], "-s", "USR1"]);
+    wait_for("both to exit", 20, || state_of(&names[0]) == "exited" && state_of(&names[1]) == "exited");
+    assert_eq!(state_of(&names[2]), "running");
+    // One unknown name among them: the others are removed, the status says one failed.
+    let out = cns(&["rm", "-f", &names[0], "no-such-workload-here", &names[1], &names[2]]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).starts_with("cns: no workload named no-such-workload-here"));
+    assert!(names.iter().all(|n| ps_entry(n).is_none()), "rm skipped names after a failure");
+}

@@ -205,15 +205,19 @@ pub struct LogsArgs {
 
 #[derive(Debug, Args)]
 pub struct KillArgs {
-    pub name: String,
+    /// Workloads to signal (a last word that is a signal, as in `cns kill web USR1`, is the signal)
+    #[arg(required = true, value_name = "NAME")]
+    pub names: Vec<String>,
     /// Signal name or number (default TERM)
-    #[arg(default_value = "TERM")]
-    pub signal: String,
+    #[arg(short, long, value_name = "SIGNAL")]
+    pub signal: Option<String>,
 }
 
 #[derive(Debug, Args)]
 pub struct RmArgs {
-    pub name: String,
+    /// Workloads to remove
+    #[arg(required = true, value_name = "NAME")]
+    pub names: Vec<String>,
     /// Stop it first if it is running
     #[arg(short, long)]
     pub force: bool,

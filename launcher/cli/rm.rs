@@ -1,4 +1,4 @@
-//! `cns rm`.
+//! `cns rm NAME...`.
 
 use cns_runtime::Runtime;
 use cns_runtime::ops::{self, RmOptions};
@@ -6,6 +6,7 @@ use cns_runtime::ops::{self, RmOptions};
 use crate::cli::RmArgs;
 
 pub fn rm(rt: &Runtime, a: RmArgs) -> anyhow::Result<i32> {
-    ops::rm(rt, &RmOptions { name: a.name, force: a.force, keep_images: a.keep_images })?;
-    Ok(0)
+    crate::cli::kill::each(&a.names, |n| {
+        ops::rm(rt, &RmOptions { name: n.to_string(), force: a.force, keep_images: a.keep_images }).map_err(anyhow::Error::from)
+    })
 }
