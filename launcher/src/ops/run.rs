@@ -185,7 +185,7 @@ fn start_locked(rt: &Runtime, opts: &RunOptions, c: &Checked, locked: &Locked, r
         cap_drop: c.cap_drop.clone(),
         seccomp: c.seccomp.clone(),
         net: w.net.addrs,
-        init_binary: spawn::init_binary(&rt.store.paths.lib)?,
+        init_binary: spawn::init_binary(&rt.store.paths.lib, &rt.store.paths.state)?,
         masked: masked_dirs(rt)?,
         read_only: vec![rt.store.paths.lib.join("bin"), rt.config_dir()],
     };

@@ -56,7 +56,7 @@ pub struct Spec {
 /// lib dir, named by its size and mtime. A checkpoint refers to the init's
 /// binary by path and size, so a copy that never changes keeps old
 /// checkpoints restorable after cns itself is rebuilt or upgraded.
-pub fn init_binary(lib: &std::path::Path) -> crate::error::Result<PathBuf> {
+pub fn init_binary(lib: &std::path::Path, state: &std::path::Path) -> crate::error::Result<PathBuf> {
     use crate::error::Context;
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let exe = std::fs::read_link("/proc/self/exe").context("cannot find the cns binary")?;
@@ -66,8 +66,16 @@ pub fn init_binary(lib: &std::path::Path) -> crate::error::Result<PathBuf> {
     if path.exists() {
         // Verified before every use: a copy that is not byte for byte this
         // binary (a workload with CAP_SYS_ADMIN could have replaced it) is
-        // never run as a workload's PID 1.
+        // never run as a workload's PID 1. The full compare is remembered
+        // (in cns's state dir, hidden from workloads) by the copy's inode,
+        // size and ctime, which any change to the file moves.
+        let stamp_file = state.join(".init-verified");
+        let stamp = std::fs::metadata(&path).map(|c| format!("{} {} {} {} {}\n", path.display(), c.ino(), c.size(), c.ctime(), c.ctime_nsec())).unwrap_or_default();
+        if !stamp.is_empty() && std::fs::read_to_string(&stamp_file).is_ok_and(|s| s == stamp) {
+            return Ok(path);
+        }
         if same_content(&exe, &path) {
+            let _ = crate::files::write_atomic(&stamp_file, stamp.as_bytes(), 0o600);
             return Ok(path);
         }
         tracing::warn!(path = %path.display(), "the init copy differs from cns: replacing it");
