@@ -64,6 +64,9 @@ fn main() {
         }
         std::process::exit(cns_runtime::error::EXIT_CNS);
     }
+    // `cns ps | head`: a closed pipe ends cns quietly, as it does `ls`.
+    // SAFETY: restoring the default disposition of SIGPIPE before any thread exists.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let cli = Cli::parse();
     init_logging(cli.verbose, cli.quiet);
     // Images hold memory: nothing cns creates is readable by others.

@@ -378,3 +378,19 @@ fn the_sweep_removes_half_done_imports_of_dead_commands() {
     let _ = std::fs::remove_dir_all(&staging);
     assert!(!left, "a dead import's staging directory was left");
 }
+
+#[test]
+fn a_host_interface_that_is_not_cns_s_veth_is_never_deleted() {
+    let n = name("ifown");
+    let _c = Cleanup(vec![n.clone()]);
+    let link = cns_runtime::net::host_veth_name(&n);
+    let made = std::process::Command::new("ip").args(["link", "add", &link, "type", "bridge"]).status().expect("ip");
+    assert!(made.success());
+    let e = fails(&["run", "-d", "--name", &n, "--", "sleep", "1000"]);
+    let still_there = Path::new(&format!("/sys/class/net/{link}")).exists();
+    let _ = std::process::Command::new("ip").args(["link", "del", &link]).status();
+    assert!(e.contains("is not a veth cns made"), "{e}");
+    assert!(still_there, "cns deleted a host interface it did not make");
+    assert!(ps_entry(&n).is_none());
+    assert!(!lease_held(&n));
+}

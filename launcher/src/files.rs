@@ -26,6 +26,17 @@ pub fn random_u64() -> u64 {
 /// leaves the old or the new file, never a torn one; a symlink planted at
 /// the temp name is never followed.
 pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<()> {
+    write_replace(path, data, mode, true)
+}
+
+/// As [`write_atomic`], without the fsyncs: for files that only need to
+/// survive the death of a cns process, not of the machine (recovery
+/// markers, caches). Still never torn, never through a symlink.
+pub fn write_transient(path: &Path, data: &[u8], mode: u32) -> Result<()> {
+    write_replace(path, data, mode, false)
+}
+
+fn write_replace(path: &Path, data: &[u8], mode: u32, durable: bool) -> Result<()> {
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let base = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let tmp = dir.join(format!(".{base}.tmp.{:016x}", random_u64()));
@@ -36,13 +47,15 @@ pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<()> {
         .mode(mode)
         .open(&tmp)
         .with_context(|| format!("cannot write {}", tmp.display()))?;
-    let r = f.write_all(data).and_then(|()| f.sync_all()).and_then(|()| fs::rename(&tmp, path));
+    let r = f.write_all(data).and_then(|()| if durable { f.sync_all() } else { Ok(()) }).and_then(|()| fs::rename(&tmp, path));
     if let Err(e) = r {
         let _ = fs::remove_file(&tmp);
         return Err(e).with_context(|| format!("cannot write {}", path.display()));
     }
-    if let Ok(d) = File::open(dir) {
-        let _ = d.sync_all();
+    if durable {
+        if let Ok(d) = File::open(dir) {
+            let _ = d.sync_all();
+        }
     }
     Ok(())
 }

@@ -84,7 +84,9 @@ impl Marker {
 
 /// Writes the marker into a workload's state dir.
 pub fn begin(dir: &Path, m: &Marker) -> Result<()> {
-    crate::files::write_atomic(&dir.join(MARKER), &serde_json::to_vec(m)?, 0o600)
+    // A marker outlives a killed command, not a crashed machine (which takes
+    // every process it names with it): no fsync.
+    crate::files::write_transient(&dir.join(MARKER), &serde_json::to_vec(m)?, 0o600)
 }
 
 /// Updates the marker in place (best effort).

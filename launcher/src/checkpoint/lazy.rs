@@ -38,7 +38,7 @@ pub fn start(criu: &Path, images: &Path, work: &Path, state_dir: &Path) -> Resul
         .create(work)
         .map_err(|e| Error::wrap(format!("cannot create {}", work.display()), e))?;
     let d = Daemon::start(criu, images, work).map_err(|e| Error::new(ErrorKind::Criu, e))?;
-    let _ = crate::files::write_atomic(&state_dir.join(MARKER), format!("{}\n", d.pid()).as_bytes(), 0o600);
+    let _ = crate::files::write_transient(&state_dir.join(MARKER), format!("{}\n", d.pid()).as_bytes(), 0o600);
     Ok(d)
 }
 

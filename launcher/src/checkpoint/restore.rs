@@ -323,7 +323,7 @@ fn network(rt: &Runtime, plan: &RestorePlan, rollback: &mut Rollback<'_>) -> Res
         if let Ok(nl) = cns_netns::Netlink::new() {
             if plan.in_place {
                 // The dumped tree's host end may linger (its netns dies asynchronously).
-                let _ = nl.delete_link(h);
+                net::remove_stale_host_end(&nl, h)?;
             } else if nl.link_index(h)?.is_some() {
                 return Err(Error::new(ErrorKind::Exists, format!("host interface {h} already exists")).with_hint("remove the interface or the workload that owns it"));
             }

@@ -70,6 +70,10 @@ pub fn claimed_by_other(rt: &Runtime, name: &str, host_if: &str) -> Option<Strin
 /// Refuses a host interface name another workload owns (two long names
 /// whose hashed forms collide).
 pub fn check_host_if(rt: &Runtime, name: &str, host_if: &str) -> Result<()> {
+    if !host_if.contains('~') {
+        // `cns-NAME` itself: names are unique, so is this.
+        return Ok(());
+    }
     match claimed_by_other(rt, name, host_if) {
         Some(other) => Err(Error::new(crate::error::ErrorKind::Exists, format!("the host interface name {host_if} of {name} is taken by workload {other}"))
             .with_hint("give the workload another name (long names share an interface name only when their hashes collide)")),
@@ -83,16 +87,42 @@ pub fn attach(net: &NetConfig, pid: i32) -> Result<()> {
     let (Some(host_if), Some(addrs)) = (&net.host_if, &net.addrs) else { return Ok(()) };
     let nl = Netlink::new().context("netlink")?;
     // A stale host end of an earlier run of this name (the netns of a dumped
-    // tree is torn down asynchronously).
-    let _ = nl.delete_link(host_if);
+    // tree is torn down asynchronously) goes; anything else of that name stays.
+    remove_stale_host_end(&nl, host_if)?;
     nl.create_veth(host_if, cns_netns::INNER_IF, pid)
         .map_err(|e| Error::wrap(format!("cannot create veth {host_if}"), e).with_hint("is the veth module available (CONFIG_VETH)?"))?;
     cns_netns::configure_host_end(&nl, host_if, addrs).with_context(|| format!("cannot configure {host_if}"))?;
     Ok(())
 }
 
-/// Removes a host interface, if it is there.
+/// Whether the host link `name` is one end of a pair (a veth: its iflink
+/// is its peer, not itself); `None` when there is no such link.
+pub fn is_pair_end(name: &str) -> Option<bool> {
+    let read = |f: &str| std::fs::read_to_string(format!("/sys/class/net/{name}/{f}")).ok().map(|v| v.trim().to_string());
+    let (index, link) = (read("ifindex")?, read("iflink")?);
+    Some(index != link)
+}
+
+/// Deletes a lingering host end of this workload's veth; refuses a link of
+/// that name that is not a veth (a user's own interface is never deleted).
+pub fn remove_stale_host_end(nl: &Netlink, host_if: &str) -> Result<()> {
+    match is_pair_end(host_if) {
+        None => Ok(()),
+        Some(true) => {
+            let _ = nl.delete_link(host_if);
+            Ok(())
+        }
+        Some(false) => Err(Error::new(crate::error::ErrorKind::Exists, format!("host interface {host_if} exists and is not a veth cns made; cns will not delete it"))
+            .with_hint("rename or remove that interface, or give the workload another name")),
+    }
+}
+
+/// Removes a host interface cns made (a veth end), if it is there.
 pub fn delete_link(host_if: &str) {
+    if is_pair_end(host_if) == Some(false) {
+        tracing::info!(link = host_if, "not deleting a host link that is not a veth");
+        return;
+    }
     if let Ok(nl) = Netlink::new() {
         let _ = nl.delete_link(host_if);
     }

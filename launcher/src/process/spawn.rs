@@ -75,7 +75,7 @@ pub fn init_binary(lib: &std::path::Path, state: &std::path::Path) -> crate::err
             return Ok(path);
         }
         if same_content(&exe, &path) {
-            let _ = crate::files::write_atomic(&stamp_file, stamp.as_bytes(), 0o600);
+            let _ = crate::files::write_transient(&stamp_file, stamp.as_bytes(), 0o600);
             return Ok(path);
         }
         tracing::warn!(path = %path.display(), "the init copy differs from cns: replacing it");
