@@ -13,26 +13,12 @@ use common::*;
 
 use std::path::{Path, PathBuf};
 
-/// One row of docs/compatibility.md, written when the entry's test ends.
-struct Row {
-    id: &'static str,
-    v: serde_json::Map<String, serde_json::Value>,
-}
-
-impl Row {
-    fn set(&mut self, k: &str, v: impl Into<serde_json::Value>) {
-        self.v.insert(k.into(), v.into());
-    }
-}
-
-impl Drop for Row {
-    fn drop(&mut self) {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/compat");
-        let _ = std::fs::create_dir_all(&dir);
-        self.v.insert("id".into(), self.id.into());
-        self.v.insert("passed".into(), (!std::thread::panicking()).into());
-        let _ = std::fs::write(dir.join(format!("{}.json", self.id)), serde_json::to_vec_pretty(&self.v).unwrap_or_default());
-    }
+/// One row of docs/compatibility.md (target/compat/ID.json), written when
+/// the entry's test ends, passed or not.
+fn row(id: &str) -> RunRecord {
+    let mut r = RunRecord::new("compat", id);
+    r.set("id", id);
+    r
 }
 
 fn python() -> &'static str {
@@ -88,7 +74,7 @@ fn has_cap_sys_resource() -> bool {
 }
 
 fn run_entry(id: &'static str, what: &str, extra: &[&str]) {
-    let mut row = Row { id, v: serde_json::Map::new() };
+    let mut row = row(id);
     row.set("object", what);
     let n = name(&id.replace('_', "-"));
     let _c = Cleanup(vec![n.clone()]);
@@ -236,7 +222,7 @@ fn a_process_of_another_uid_follows_criu_s_privileges() {
         run_entry(id, "a process of another uid", &[]);
         return;
     }
-    let mut row = Row { id, v: serde_json::Map::new() };
+    let mut row = row(id);
     row.set("object", "a process of another uid");
     let n = name("other-uid");
     let _c = Cleanup(vec![n.clone()]);

@@ -10,32 +10,10 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-/// What a reliability test tried and saw, written when the test ends —
-/// whether it passed or panicked (`passed`): docs/reliability.md is
-/// computed from these files, so a failure shows there as a failure.
-struct Report {
-    test: &'static str,
-    fields: serde_json::Map<String, serde_json::Value>,
-}
-
-impl Report {
-    fn new(test: &'static str) -> Report {
-        Report { test, fields: serde_json::Map::new() }
-    }
-
-    fn set(&mut self, key: &str, v: impl Into<serde_json::Value>) {
-        self.fields.insert(key.into(), v.into());
-    }
-}
-
-impl Drop for Report {
-    fn drop(&mut self) {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/reliability");
-        let _ = std::fs::create_dir_all(&dir);
-        let mut v = self.fields.clone();
-        v.insert("passed".into(), (!std::thread::panicking()).into());
-        let _ = std::fs::write(dir.join(format!("{}.json", self.test)), serde_json::to_vec_pretty(&v).unwrap_or_default());
-    }
+/// A reliability test's record (target/reliability/NAME.json), written
+/// when the test ends, passed or not: docs/reliability.md counts from these.
+fn report(test: &str) -> RunRecord {
+    RunRecord::new("reliability", test)
 }
 
 /// Everything cns keeps about the names in `names`: records, images, leases,
@@ -126,7 +104,7 @@ fn bad_inputs_are_one_line_errors_that_change_nothing() {
     let other = name("bi-other");
     let fresh = name("bi-fresh");
     let _c = Cleanup(vec![live.clone(), dumped.clone(), other.clone(), fresh.clone()]);
-    let mut rep = Report::new("bad_inputs");
+    let mut rep = report("bad_inputs");
     start_counter(&live);
     start_counter(&dumped);
     ok(&["dump", "--leave-running", &dumped]);
@@ -217,7 +195,7 @@ fn bad_inputs_are_one_line_errors_that_change_nothing() {
 fn kill_9_during_a_dump_loses_nothing() {
     let n = name("k9d");
     let _c = Cleanup(vec![n.clone()]);
-    let mut rep = Report::new("kill_during_dump");
+    let mut rep = report("kill_during_dump");
     start_memory_counter(&n, 512);
     let root = pid_of(&n);
     let mut cns_dump = Command::new(cns_bin()).args(["dump", &n]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("cns dump");
@@ -254,7 +232,7 @@ fn kill_9_during_a_restore_leaves_no_process_veth_or_lease() {
     let n = name("k9r");
     let copy = name("k9rc");
     let _c = Cleanup(vec![n.clone(), copy.clone()]);
-    let _rep = Report::new("kill_during_restore");
+    let _rep = report("kill_during_restore");
     start_memory_counter(&n, 512);
     ok(&["dump", &n]);
     let marker = PathBuf::from(format!("/run/cns/{copy}/pending"));
@@ -328,7 +306,7 @@ impl Drop for SmallTmpfs {
 fn images_disk_full_fails_cleanly_and_the_workload_runs_on() {
     let n = name("full");
     let _c = Cleanup(vec![n.clone()]);
-    let _rep = Report::new("disk_full");
+    let _rep = report("disk_full");
     start_memory_counter(&n, 64);
     let disk = SmallTmpfs::new("full-disk", "8m");
     let images = disk.0.join("img");
@@ -352,7 +330,7 @@ fn images_disk_full_fails_cleanly_and_the_workload_runs_on() {
 fn a_workload_that_exited_is_refused_clearly_not_handed_to_criu() {
     let n = name("exits");
     let _c = Cleanup(vec![n.clone()]);
-    let _rep = Report::new("exit_before_dump");
+    let _rep = report("exit_before_dump");
     // Touches memory, then exits by itself.
     let script = "b = bytearray(64 << 20)\nfor i in range(0, len(b), 4096): b[i] = 1\nprint('ready', flush=True)\n";
     ok(&["run", "-d", "--name", &n, "--", "python3", "-c", script]);
@@ -370,7 +348,7 @@ fn a_workload_that_exited_is_refused_clearly_not_handed_to_criu() {
 fn eight_workloads_run_dump_and_restore_in_parallel() {
     let names: Vec<String> = (0..8).map(|i| name(&format!("par8-{i}"))).collect();
     let _c = Cleanup(names.clone());
-    let mut rep = Report::new("parallel");
+    let mut rep = report("parallel");
     let hs: Vec<_> = names
         .iter()
         .cloned()
@@ -404,7 +382,7 @@ fn soak_50_cycles_leak_nothing() {
     let cycles = 50;
     let names: Vec<String> = (0..cycles).map(|i| name(&format!("soak{i}"))).collect();
     let _c = Cleanup(names.clone());
-    let mut rep = Report::new("soak");
+    let mut rep = report("soak");
     rep.set("cycles", cycles);
     let fds = || std::fs::read_dir("/proc/self/fd").map(|d| d.count()).unwrap_or(0);
     let (mounts0, fds0) = (count_mounts(), fds());
@@ -440,7 +418,7 @@ fn soak_50_cycles_leak_nothing() {
 fn security_dirs_private_non_root_refused_and_isolation_holds_after_restore() {
     let n = name("sec");
     let _c = Cleanup(vec![n.clone()]);
-    let _rep = Report::new("security");
+    let _rep = report("security");
     let seccomp = std::env::temp_dir().join(format!("{n}.seccomp.json"));
     // Deny mkdir with EPERM; everything else allowed.
     std::fs::write(
@@ -494,7 +472,7 @@ fn security_dirs_private_non_root_refused_and_isolation_holds_after_restore() {
 fn a_second_dump_racing_the_first_waits_its_turn_or_says_why() {
     let n = name("race2");
     let _c = Cleanup(vec![n.clone()]);
-    let _rep = Report::new("concurrent_dumps");
+    let _rep = report("concurrent_dumps");
     start_memory_counter(&n, 256);
     let mut first = Command::new(cns_bin()).args(["dump", "--leave-running", &n]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("first");
     let first_pid = first.id() as i32;

@@ -11,36 +11,6 @@ fn s(p: &Path) -> &str {
     p.to_str().expect("utf8")
 }
 
-/// The entries of an uncompressed archive: (path, bytes, offset of the data).
-fn entries(archive: &Path) -> Vec<(String, Vec<u8>, u64)> {
-    let mut ar = tar::Archive::new(std::fs::File::open(archive).expect("archive"));
-    ar.entries()
-        .expect("entries")
-        .map(|e| {
-            let mut e = e.expect("entry");
-            let path = e.path().expect("path").to_string_lossy().into_owned();
-            let off = e.raw_file_position();
-            let mut data = Vec::new();
-            std::io::Read::read_to_end(&mut e, &mut data).expect("read");
-            (path, data, off)
-        })
-        .collect()
-}
-
-/// Writes an uncompressed archive of `entries` (as cns lays them out).
-fn write_archive(dst: &Path, entries: &[(String, Vec<u8>)]) {
-    let mut b = tar::Builder::new(std::fs::File::create(dst).expect("create"));
-    for (path, data) in entries {
-        let mut h = tar::Header::new_gnu();
-        h.set_path(path).expect("path");
-        h.set_size(data.len() as u64);
-        h.set_mode(0o600);
-        h.set_cksum();
-        b.append(&h, data.as_slice()).expect("append");
-    }
-    b.into_inner().expect("finish");
-}
-
 struct Setup {
     n: String,
     dir: tempfile::TempDir,
@@ -105,7 +75,7 @@ fn one_changed_byte_is_refused_naming_the_file_signed_or_not() {
         }
         ok(&args);
         // Flip one byte in the middle of the largest file's data.
-        let (path, data, off) = entries(&file).into_iter().max_by_key(|(_, d, _)| d.len()).expect("entries");
+        let (path, data, off) = archive_entries(&file).into_iter().max_by_key(|(_, d, _)| d.len()).expect("entries");
         let mut bytes = std::fs::read(&file).expect("read");
         let at = off as usize + data.len() / 2;
         bytes[at] ^= 0x5a;
@@ -137,7 +107,7 @@ fn the_signature_policy_refuses_unsigned_when_required_and_truncated_signatures(
     // A truncated signature is refused in one sentence.
     let signed = t.dir.path().join("signed.cnsx");
     ok(&["export", &t.n, "-o", s(&signed), "--compress", "none", "--sign", s(&t.key)]);
-    let mut es: Vec<(String, Vec<u8>)> = entries(&signed).into_iter().map(|(p, d, _)| (p, d)).collect();
+    let mut es: Vec<(String, Vec<u8>)> = archive_entries(&signed).into_iter().map(|(p, d, _)| (p, d)).collect();
     assert_eq!(es[1].0, "cns-checkpoint.json.minisig");
     let half = es[1].1.len() / 2;
     es[1].1.truncate(half);
@@ -156,7 +126,7 @@ fn minisign_verifies_what_cns_signs_and_cns_what_minisign_signs() {
     let t = setup("sig-mini");
     let file = t.dir.path().join("signed.cnsx");
     ok(&["export", &t.n, "-o", s(&file), "--compress", "none", "--sign", s(&t.key)]);
-    let es = entries(&file);
+    let es = archive_entries(&file);
     let manifest = t.dir.path().join("manifest.json");
     let sig = t.dir.path().join("manifest.json.minisig");
     std::fs::write(&manifest, &es[0].1).expect("manifest");

@@ -184,15 +184,7 @@ fn two_long_names_with_one_interface_name_are_refused_not_shared() {
 /// Rewrites an uncompressed archive, passing `images/cns.json` through `edit`
 /// (and the manifest's size of it).
 fn rewrite_archive(src: &Path, dst: &Path, edit: impl Fn(&mut serde_json::Value)) {
-    let mut ar = tar::Archive::new(std::fs::File::open(src).expect("archive"));
-    let mut entries: Vec<(String, Vec<u8>)> = Vec::new();
-    for e in ar.entries().expect("entries") {
-        let mut e = e.expect("entry");
-        let path = e.path().expect("path").to_string_lossy().into_owned();
-        let mut data = Vec::new();
-        std::io::Read::read_to_end(&mut e, &mut data).expect("read");
-        entries.push((path, data));
-    }
+    let mut entries: Vec<(String, Vec<u8>)> = archive_entries(src).into_iter().map(|(p, d, _)| (p, d)).collect();
     let meta_pos = entries.iter().position(|(p, _)| p == "images/cns.json").expect("cns.json");
     let mut meta: serde_json::Value = serde_json::from_slice(&entries[meta_pos].1).expect("json");
     edit(&mut meta);
@@ -207,16 +199,7 @@ fn rewrite_archive(src: &Path, dst: &Path, edit: impl Fn(&mut serde_json::Value)
         }
     }
     entries[0].1 = serde_json::to_vec(&manifest).expect("json");
-    let mut b = tar::Builder::new(std::fs::File::create(dst).expect("create"));
-    for (path, data) in &entries {
-        let mut h = tar::Header::new_gnu();
-        h.set_path(path).expect("path");
-        h.set_size(data.len() as u64);
-        h.set_mode(0o600);
-        h.set_cksum();
-        b.append(&h, data.as_slice()).expect("append");
-    }
-    b.into_inner().expect("finish");
+    write_archive(dst, &entries);
 }
 
 #[test]

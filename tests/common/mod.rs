@@ -165,3 +165,62 @@ pub fn run_sleepers_in_parallel(names: &[String]) {
         h.join().expect("a parallel run failed");
     }
 }
+
+/// The entries of an uncompressed tar archive: (path, bytes, offset of the data).
+pub fn archive_entries(archive: &std::path::Path) -> Vec<(String, Vec<u8>, u64)> {
+    let mut ar = tar::Archive::new(std::fs::File::open(archive).expect("archive"));
+    ar.entries()
+        .expect("entries")
+        .map(|e| {
+            let mut e = e.expect("entry");
+            let path = e.path().expect("path").to_string_lossy().into_owned();
+            let off = e.raw_file_position();
+            let mut data = Vec::new();
+            std::io::Read::read_to_end(&mut e, &mut data).expect("read");
+            (path, data, off)
+        })
+        .collect()
+}
+
+/// Writes an uncompressed tar archive of `entries`, in order (as cns lays them out).
+pub fn write_archive(dst: &std::path::Path, entries: &[(String, Vec<u8>)]) {
+    let mut b = tar::Builder::new(std::fs::File::create(dst).expect("create"));
+    for (path, data) in entries {
+        let mut h = tar::Header::new_gnu();
+        h.set_path(path).expect("path");
+        h.set_size(data.len() as u64);
+        h.set_mode(0o600);
+        h.set_cksum();
+        b.append(&h, data.as_slice()).expect("append");
+    }
+    b.into_inner().expect("finish");
+}
+
+/// What a test tried and saw, written to `target/DIR/NAME.json` when the
+/// test ends — whether it passed or panicked (`passed`), so the documents
+/// generated from these files show a failure as a failure.
+pub struct RunRecord {
+    path: PathBuf,
+    fields: serde_json::Map<String, serde_json::Value>,
+}
+
+impl RunRecord {
+    pub fn new(dir: &str, name: &str) -> RunRecord {
+        RunRecord { path: std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target").join(dir).join(format!("{name}.json")), fields: serde_json::Map::new() }
+    }
+
+    pub fn set(&mut self, key: &str, v: impl Into<serde_json::Value>) {
+        self.fields.insert(key.into(), v.into());
+    }
+}
+
+impl Drop for RunRecord {
+    fn drop(&mut self) {
+        if let Some(dir) = self.path.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let mut v = self.fields.clone();
+        v.insert("passed".into(), (!std::thread::panicking()).into());
+        let _ = std::fs::write(&self.path, serde_json::to_vec_pretty(&v).unwrap_or_default());
+    }
+}

@@ -116,7 +116,8 @@ pub fn plan(rt: &Runtime, opts: &RestoreOptions) -> Result<RestorePlan> {
     }
     crate::files::check_pidfile(opts.pidfile.as_deref())?;
     let new_name = opts.as_name.clone().unwrap_or_else(|| opts.name.clone());
-    if rt.store.get(&new_name).is_ok_and(|w| w.live_state() == State::Running) {
+    let target = rt.store.get(&new_name).ok();
+    if target.as_ref().is_some_and(|w| w.live_state() == State::Running) {
         return Err(running(&new_name));
     }
     let images = match &opts.images {
@@ -139,11 +140,11 @@ pub fn plan(rt: &Runtime, opts: &RestoreOptions) -> Result<RestorePlan> {
         ));
     }
     let in_place = new_name == meta.workload.name;
-    if !in_place && rt.store.exists(&new_name) {
+    if !in_place && target.is_some() {
         return Err(taken(&new_name));
     }
-    if let Ok(w) = rt.store.get(&new_name) {
-        check_target(&w, &meta)?;
+    if let Some(w) = &target {
+        check_target(w, &meta)?;
         if let Some(own) = w.images.as_ref().filter(|own| !same_dir(own, &images)) {
             return Err(Error::new(ErrorKind::Exists, format!("workload {new_name} has its own checkpoint at {}, not {}", own.display(), images.display()))
                 .with_hint(format!("restore the images as a copy with --as NEW, or remove {new_name} first")));
@@ -388,18 +389,11 @@ fn start(rt: &Runtime, plan: &RestorePlan, net: &NetConfig, published: crate::ne
         }
         Ok(pid)
     };
-    if !detach {
-        crate::process::init::block_forwarded()?;
-        return Ok((work()?, std::process::id() as i32));
-    }
-    let store = rt.store.clone();
-    let name = plan.new_name.clone();
     let mut on_exit = |pid: i32, code: i32| {
         crate::checkpoint::lazy::finish_watchers();
-        store.record_exit(&name, pid, code)
+        rt.store.record_exit(&plan.new_name, pid, code)
     };
-    let (report, monitor) = monitor::spawn_detached(lock_fd, &mut work, &mut on_exit)?;
-    Ok((report.into_result(ErrorKind::Criu)?, monitor))
+    monitor::start(detach, lock_fd, ErrorKind::Criu, &mut work, &mut on_exit)
 }
 
 /// The checkpoint remembers its last restore (for `cns inspect`).

@@ -230,17 +230,8 @@ fn launch(rt: &Runtime, spec: &Spec, net: &NetConfig, locked: &Locked, detach: b
         }
         Ok(pid)
     };
-    if !detach {
-        // Signals for the workload are blocked before any forwarder thread
-        // exists, so none can land on one (foreground() takes them).
-        crate::process::init::block_forwarded()?;
-        return Ok((work()?, std::process::id() as i32));
-    }
-    let store = rt.store.clone();
-    let name = locked.name.clone();
-    let mut on_exit = |pid: i32, code: i32| store.record_exit(&name, pid, code);
-    let (report, monitor) = monitor::spawn_detached(locked.lock_fd(), &mut work, &mut on_exit)?;
-    Ok((report.into_result(ErrorKind::Start)?, monitor))
+    let mut on_exit = |pid: i32, code: i32| rt.store.record_exit(&locked.name, pid, code);
+    monitor::start(detach, locked.lock_fd(), ErrorKind::Start, &mut work, &mut on_exit)
 }
 
 /// Foreground: streams the workload's log to `out` from `offset`, forwards

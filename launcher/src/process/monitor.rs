@@ -11,9 +11,31 @@ use nix::sys::signal::{SigSet, Signal};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Pid};
 
-use crate::error::{EXIT_CNS, Result};
+use crate::error::{EXIT_CNS, ErrorKind, Result};
 use crate::process::init::{exit_code, forwarded_signals};
 use crate::process::report::Report;
+
+/// Starts a workload with `work`: in the foreground as this process's child
+/// (signals for it blocked first), or under a detached monitor that hands
+/// the root's exit to `on_exit`. A monitor's failure report becomes an
+/// error of `kind`. Returns the root and its monitor (this process in the
+/// foreground).
+pub fn start(
+    detach: bool,
+    lock_fd: std::os::fd::RawFd,
+    kind: ErrorKind,
+    work: &mut dyn FnMut() -> Result<i32>,
+    on_exit: &mut dyn FnMut(i32, i32),
+) -> Result<(i32, i32)> {
+    if !detach {
+        // Blocked before any forwarder thread exists, so no signal meant
+        // for the workload lands on one (foreground() takes them).
+        crate::process::init::block_forwarded()?;
+        return Ok((work()?, std::process::id() as i32));
+    }
+    let (report, monitor) = spawn_detached(lock_fd, work, on_exit)?;
+    Ok((report.into_result(kind)?, monitor))
+}
 
 /// Forks a detached monitor. In the monitor, `work` starts the workload and
 /// returns the root's PID (or an error); the monitor reports that through a

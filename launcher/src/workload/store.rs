@@ -201,10 +201,8 @@ impl Store {
         // Wait for the lock even while the record does not exist yet: a
         // restore of a new copy saves it only once its root runs, and a root
         // that exits at once must not be recorded before that.
-        let Ok(f) = self.lock_file(name) else { return };
-        let Ok(_lock) = Flock::lock(f, FlockArg::LockExclusive) else { return };
-        let Ok(mut w) = self.get(name) else { return };
-        let l = Locked { name: name.to_string(), dir: self.paths.workload_dir(name), _lock };
+        let Ok(l) = self.lock_dir(name, self.paths.workload_dir(name)) else { return };
+        let Ok(mut w) = l.load() else { return };
         if w.mark_exited(pid, code) {
             let _ = l.save(&w);
         }
