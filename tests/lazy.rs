@@ -91,19 +91,22 @@ fn lazy_copies_run_at_once_their_daemons_are_reaped_and_they_dump_again() {
         ok(&["dump", "--leave-running", c]);
     }
     // While pages are still coming, a dump is refused; once in, it works.
+    // The daemon is stopped just before CRIU resumes the copy (an action
+    // script), so the transfer is certainly not done when the dump asks.
     let c3 = name("lz-c3");
     let _c3 = Cleanup(vec![c3.clone()]);
-    ok(&["restore", "-d", "--lazy", &n, "--as", &c3]);
-    if let Some(d) = daemon_of(&c3) {
-        // SAFETY: kill(2) on the daemon cns recorded for this test's copy.
-        unsafe { libc::kill(d, libc::SIGSTOP) };
-        if lazy_marker(&c3).exists() && alive(d) {
-            let e = fails(&["dump", &c3]);
-            assert!(e.contains("still receiving its memory from a lazy restore"), "{e}");
-        }
-        // SAFETY: as above.
-        unsafe { libc::kill(d, libc::SIGCONT) };
-    }
+    let dir = tempfile::tempdir().expect("dir");
+    let hook = dir.path().join("stop-daemon.sh");
+    std::fs::write(&hook, "#!/bin/sh\n[ \"$CRTOOLS_SCRIPT_ACTION\" = pre-resume ] || exit 0\nkill -STOP \"$(cat /run/cns/$CNS_NAME/lazy)\"\n").expect("hook");
+    std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+    ok(&["restore", "-d", "--lazy", "--action-script", hook.to_str().expect("utf8"), &n, "--as", &c3]);
+    let d = daemon_of(&c3).expect("the copy's daemon is recorded");
+    assert!(alive(d), "the stopped daemon is gone");
+    let e = fails(&["dump", &c3]);
+    assert!(e.contains("still receiving its memory from a lazy restore"), "{e}");
+    assert_eq!(state_of(&c3), "running", "a refused dump stopped the copy");
+    // SAFETY: kill(2) on the daemon cns recorded for this test's copy.
+    unsafe { libc::kill(d, libc::SIGCONT) };
     wait_for("the third copy's memory", 60, || !lazy_marker(&c3).exists());
     ok(&["dump", &c3]);
     assert_eq!(state_of(&c3), "dumped");
