@@ -74,6 +74,8 @@ fn lazy_copies_run_at_once_their_daemons_are_reaped_and_they_dump_again() {
     let _c = Cleanup(vec![n.clone(), copies[0].clone(), copies[1].clone()]);
     start_big_counter(&n, 128);
     ok(&["dump", "--leave-running", &n]);
+    // The last value the original printed by the dump: the copies go on from there.
+    let dumped = last_count(&n).expect("the original's count");
     let _p = PipeMax::set(4 << 20);
     let hs: Vec<_> = copies.iter().cloned().map(|c| {
         let n = n.clone();
@@ -83,6 +85,10 @@ fn lazy_copies_run_at_once_their_daemons_are_reaped_and_they_dump_again() {
         h.join().expect("a lazy restore failed");
     }
     for c in &copies {
+        // A copy's log starts empty; its first line comes once the pages it touches are in.
+        wait_for("the lazy copy's first line", 30, || last_count(c).is_some());
+        let first: u64 = log_of(c).lines().find_map(|l| l.trim().parse().ok()).expect("the copy's first line");
+        assert!(first > 0 && first <= dumped + 1, "copy {c} started at {first}, the original was at {dumped} when dumped");
         let k = last_count(c).expect("the copy's log");
         wait_for("the lazy copy to count", 30, || last_count(c).is_some_and(|v| v > k + 2));
         // Every page in: the daemon is reaped, its work dir and the marker gone.
