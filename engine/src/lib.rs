@@ -27,4 +27,4 @@ pub use criu::{Criu, CriuError, CriuVersion};
 pub use explain::{Explanation, explain_log};
 pub use image::{DumpStats, ImageDir, ImageError, RestoreStats};
 pub use options::{CriuFlags, CriuOptions, Operation};
-pub use rpc::{Dirs, Notify, NotifyAction, RpcError, Swrk};
+pub use rpc::{Dirs, Notify, NotifyAction, PrivateMount, RpcError, Swrk};

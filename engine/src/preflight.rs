@@ -586,7 +586,9 @@ pub fn restore_lookup(f: &ImageFile, remapped: &BTreeSet<u32>, mounts: &std::col
 /// itself will look up on this host, checked as CRIU checks it (existence,
 /// without following a final symlink when the file was opened so; the
 /// mode, and the size unless it was opened write-only for appending).
-pub fn file_findings(files: &[ImageFile], remaps: &[crate::image::Remap], mounts: &[ImageMount]) -> Vec<Finding> {
+/// `layers`: a workload with a root of its own is looked up in its
+/// overlay's layers, upper first (empty: the host's root).
+pub fn file_findings(files: &[ImageFile], remaps: &[crate::image::Remap], mounts: &[ImageMount], layers: &[&Path]) -> Vec<Finding> {
     use std::os::unix::fs::MetadataExt;
     let remapped: BTreeSet<u32> = remaps.iter().map(|r| r.orig_id).collect();
     let by_id: std::collections::BTreeMap<u32, &ImageMount> = mounts.iter().map(|m| (m.mnt_id, m)).collect();
@@ -598,7 +600,13 @@ pub fn file_findings(files: &[ImageFile], remaps: &[crate::image::Remap], mounts
             continue;
         }
         let nofollow = f.flags & (libc::O_NOFOLLOW as u32) != 0;
-        let meta = if nofollow { fs::symlink_metadata(&path) } else { fs::metadata(&path) };
+        let stat = |p: &Path| if nofollow { fs::symlink_metadata(p) } else { fs::metadata(p) };
+        let meta = if layers.is_empty() {
+            stat(Path::new(&path))
+        } else {
+            let rel = path.trim_start_matches('/');
+            layers.iter().map(|l| stat(&l.join(rel))).find(|m| m.is_ok()).unwrap_or_else(|| stat(&layers[0].join(rel)))
+        };
         let m = match meta {
             Ok(m) => m,
             Err(_) => {
@@ -628,14 +636,14 @@ pub fn file_findings(files: &[ImageFile], remaps: &[crate::image::Remap], mounts
 }
 
 /// Checks an image before a restore: files it references, memory, veth name.
-pub fn check_image(img: &ImageDir, memory_limit: Option<u64>, host_if: Option<&str>, host_links: &[String]) -> Vec<Finding> {
+pub fn check_image(img: &ImageDir, memory_limit: Option<u64>, host_if: Option<&str>, host_links: &[String], layers: &[&Path]) -> Vec<Finding> {
     let mut out = Vec::new();
     if let Err(e) = img.validate() {
         out.push(Finding::new(Severity::Blocker, "image", img.path.display().to_string(), e.to_string(), "dump again, or point --images at a complete checkpoint"));
         return out;
     }
     match (img.files(), img.remaps(), img.mounts()) {
-        (Ok(files), Ok(remaps), Ok(mounts)) => out.extend(file_findings(&files, &remaps, &mounts)),
+        (Ok(files), Ok(remaps), Ok(mounts)) => out.extend(file_findings(&files, &remaps, &mounts, layers)),
         (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
             out.push(Finding::new(Severity::Blocker, "image", img.path.display().to_string(), e.to_string(), "dump again"))
         }
@@ -782,7 +790,7 @@ mod tests {
             ImageFile { ext: true, ..reg(6, "/no/such/external", 1) },
         ];
         let remaps = vec![crate::image::Remap { orig_id: 1, remap_id: 9, kind: crate::image::RemapKind::Ghost }];
-        let f = file_findings(&files, &remaps, &mounts);
+        let f = file_findings(&files, &remaps, &mounts, &[]);
         assert_eq!(f.len(), 1, "{f:?}");
         assert_eq!(f[0].object, "/no/such/file");
     }
@@ -794,15 +802,15 @@ mod tests {
         std::os::unix::fs::symlink("/no/such/target", &link).expect("symlink");
         let mut f = reg(1, link.to_str().expect("utf8"), -1);
         f.flags = (libc::O_PATH | libc::O_NOFOLLOW) as u32;
-        assert!(file_findings(&[f.clone()], &[], &[]).is_empty());
+        assert!(file_findings(&[f.clone()], &[], &[], &[]).is_empty());
         f.flags = 0;
-        assert_eq!(file_findings(&[f], &[], &[]).len(), 1, "followed, it is missing (CRIU fails too)");
+        assert_eq!(file_findings(&[f], &[], &[], &[]).len(), 1, "followed, it is missing (CRIU fails too)");
         let file = d.path().join("f");
         std::fs::write(&file, "abc").expect("write");
         let mut g = reg(2, file.to_str().expect("utf8"), -1);
         g.mode = Some(0o100600);
         std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o644)).expect("chmod");
-        let r = file_findings(&[g], &[], &[]);
+        let r = file_findings(&[g], &[], &[], &[]);
         assert!(r.len() == 1 && r[0].message.contains("mode"), "{r:?}");
     }
 }

@@ -85,6 +85,33 @@ pub struct Dirs<'a> {
     pub work: Option<BorrowedFd<'a>>,
 }
 
+/// A mount made in a private mount namespace of CRIU's own before it
+/// starts: a restore's root that must not appear in the host's mount table
+/// (it lives on in the restored tree's namespace only).
+#[derive(Debug, Clone)]
+pub struct PrivateMount {
+    pub source: String,
+    pub target: std::path::PathBuf,
+    pub fstype: String,
+    pub data: String,
+}
+
+/// PrivateMounts as C strings, made before the fork (pre_exec may not allocate).
+struct CMount {
+    source: std::ffi::CString,
+    target: std::ffi::CString,
+    fstype: std::ffi::CString,
+    data: std::ffi::CString,
+}
+
+fn c_mounts(mounts: &[PrivateMount]) -> Result<Vec<CMount>, RpcError> {
+    let c = |s: &[u8]| std::ffi::CString::new(s).map_err(|_| RpcError::Protocol { op: "START", what: "a mount path holds a NUL byte".into() });
+    mounts
+        .iter()
+        .map(|m| Ok(CMount { source: c(m.source.as_bytes())?, target: c(m.target.as_os_str().as_encoded_bytes())?, fstype: c(m.fstype.as_bytes())?, data: c(m.data.as_bytes())? }))
+        .collect()
+}
+
 /// A `criu swrk` connection for one operation.
 #[derive(Debug)]
 pub struct Swrk {
@@ -96,6 +123,13 @@ impl Swrk {
     /// Starts `criu swrk`, handing it `inherit` at their own fd numbers.
     /// CRIU's stderr goes to `stderr` (a file in the work dir) when given.
     pub fn start(criu: &Path, inherit: &[RawFd], stderr: Option<std::fs::File>) -> Result<Swrk, RpcError> {
+        Swrk::start_with_mounts(criu, inherit, stderr, &[])
+    }
+
+    /// [`Swrk::start`], with CRIU in a private mount namespace holding
+    /// `mounts` (none: CRIU stays in the caller's).
+    pub fn start_with_mounts(criu: &Path, inherit: &[RawFd], stderr: Option<std::fs::File>, mounts: &[PrivateMount]) -> Result<Swrk, RpcError> {
+        let cmounts = c_mounts(mounts)?;
         let (ours, theirs) = socket::socketpair(
             AddressFamily::Unix,
             SockType::SeqPacket,
@@ -119,14 +153,29 @@ impl Swrk {
         // rolls back cleanly: a dump resumes the tree instead of killing it
         // (post-dump always comes before the kill), a restore kills what it
         // made. launcher/src/recovery.rs waits for it before cleaning up.
-        // SAFETY: the closure only calls fcntl(2), which is
-        // async-signal-safe, on fds that stay open in the parent until the
-        // child has exec'd.
+        // SAFETY: the closure only calls fcntl(2), unshare(2) and mount(2),
+        // which are async-signal-safe, on fds that stay open in the parent
+        // until the child has exec'd and C strings allocated before the fork.
         unsafe {
             cmd.pre_exec(move || {
                 for &fd in &keep {
                     if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
                         return Err(io::Error::last_os_error());
+                    }
+                }
+                if !cmounts.is_empty() {
+                    // unshare(2) and mount(2) are plain system calls on
+                    // strings made before the fork.
+                    if libc::unshare(libc::CLONE_NEWNS) < 0 {
+                        return Err(io::Error::last_os_error());
+                    }
+                    if libc::mount(std::ptr::null(), c"/".as_ptr(), std::ptr::null(), libc::MS_REC | libc::MS_PRIVATE, std::ptr::null()) < 0 {
+                        return Err(io::Error::last_os_error());
+                    }
+                    for m in &cmounts {
+                        if libc::mount(m.source.as_ptr(), m.target.as_ptr(), m.fstype.as_ptr(), 0, m.data.as_ptr().cast()) < 0 {
+                            return Err(io::Error::last_os_error());
+                        }
                     }
                 }
                 Ok(())

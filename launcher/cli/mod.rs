@@ -174,6 +174,21 @@ pub struct RunArgs {
     pub ip: Option<String>,
     #[command(flatten)]
     pub publish: PublishArg,
+    /// Root file system: the workload sees DIR as / (an overlay: DIR itself is never
+    /// written; the workload's changes are its own and go into its checkpoints), with a
+    /// fresh /proc and a minimal /dev; the host's tree is detached with pivot_root
+    #[arg(long, value_name = "DIR")]
+    pub rootfs: Option<PathBuf>,
+    /// Bind-mount the host's SRC at DST inside, read-only with :ro (repeatable)
+    #[arg(long = "bind", value_name = "SRC:DST[:ro]")]
+    pub binds: Vec<String>,
+    /// Mount an empty tmpfs at DST, at most SIZE (e.g. 64m) (repeatable)
+    #[arg(long, value_name = "DST[:SIZE]")]
+    pub tmpfs: Vec<String>,
+    /// Make the root (the host's, or --rootfs) and every mount under it read-only, except
+    /// /proc, /dev and the --bind/--tmpfs mounts asked for
+    #[arg(long)]
+    pub read_only: bool,
     /// Command and its arguments
     #[arg(required = true, last = true, value_name = "CMD")]
     pub command: Vec<String>,
@@ -295,6 +310,13 @@ pub struct RestoreArgs {
     /// (needs fs.pipe-max-size >= 4 MiB and userfaultfd)
     #[arg(long)]
     pub lazy: bool,
+    /// Where the checkpoint's root directory (its --rootfs) is on this host now
+    #[arg(long, value_name = "DIR")]
+    pub rootfs: Option<PathBuf>,
+    /// A new host source for the checkpoint's bind mount on DST (repeatable; needed for
+    /// each bind of an imported checkpoint)
+    #[arg(long = "bind", value_name = "SRC:DST")]
+    pub binds: Vec<String>,
     /// Keep the dumped inner address for a copy (default: a fresh one for --as)
     #[arg(long)]
     pub keep_ip: bool,

@@ -22,6 +22,8 @@ pub fn restore(rt: &Runtime, a: RestoreArgs, quiet: bool) -> anyhow::Result<i32>
         publish: a.publish.publish,
         action_scripts: a.hooks.action_scripts,
         lazy: a.lazy,
+        rootfs: a.rootfs,
+        binds: a.binds,
     };
     if a.cmdline.print_criu_cmdline {
         rt.require_root()?;

@@ -7,12 +7,14 @@
 //!
 //! - [`workload`]: the record, its states and transitions, the locked store, paths, config
 //! - [`process`]: clone, the workload's setup and init, the monitor, pidfd handles
+//! - [`confine`]: a root file system of its own, bind and tmpfs mounts, read-only root
 //! - [`net`]: addresses, leases, host veth names, published ports
 //! - [`checkpoint`]: dump (plan, commit), restore (plan, execute), adoption, archives
 //! - [`recovery`]: cleaning up after a command that died half-way
 //! - [`ops`]: the operations
 
 pub mod checkpoint;
+pub mod confine;
 pub mod error;
 pub mod files;
 pub mod net;

@@ -10,6 +10,8 @@
 //! 4. mount a fresh, private tmpfs on /dev/shm (the host's would be dumped
 //!    with its contents).
 
+pub mod confine;
+
 use std::path::{Path, PathBuf};
 
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
@@ -31,15 +33,32 @@ pub enum MountError {
     Read { path: PathBuf, source: std::io::Error },
     #[error("masking {path} failed: {source}")]
     Mask { path: PathBuf, source: nix::Error },
+    #[error("mounting the overlay over {lower} failed: {source}")]
+    Overlay { lower: PathBuf, source: nix::Error },
+    #[error("creating the mountpoint {path} failed: {source}")]
+    Mountpoint { path: PathBuf, source: std::io::Error },
+    #[error("making {path} read-only failed: {source}")]
+    ReadOnly { path: PathBuf, source: nix::Error },
+    #[error("setting up {path} failed: {source}")]
+    Dev { path: PathBuf, source: nix::Error },
+    #[error("pivot_root into the new root failed: {0}")]
+    Pivot(#[source] nix::Error),
 }
 
 impl MountError {
     /// The errno behind the failure, when there is one.
     pub fn errno(&self) -> Option<nix::Error> {
         match self {
-            MountError::MakePrivate(e) | MountError::Proc(e) => Some(*e),
-            MountError::UnmountNsfs { source, .. } | MountError::Tmpfs { source, .. } | MountError::Bind { source, .. } | MountError::Mask { source, .. } => Some(*source),
+            MountError::MakePrivate(e) | MountError::Proc(e) | MountError::Pivot(e) => Some(*e),
+            MountError::UnmountNsfs { source, .. }
+            | MountError::Tmpfs { source, .. }
+            | MountError::Bind { source, .. }
+            | MountError::Mask { source, .. }
+            | MountError::Overlay { source, .. }
+            | MountError::ReadOnly { source, .. }
+            | MountError::Dev { source, .. } => Some(*source),
             MountError::Read { .. } => None,
+            MountError::Mountpoint { source, .. } => source.raw_os_error().map(nix::Error::from_raw),
         }
     }
 
@@ -48,6 +67,8 @@ impl MountError {
         match self.errno() {
             Some(nix::Error::EPERM) => "cns needs root (CAP_SYS_ADMIN) to set up a mount namespace",
             Some(nix::Error::EBUSY) => "something in the namespace keeps the mount busy",
+            Some(nix::Error::ENOENT) => "a path of the mount is missing: check the source and the root directory",
+            Some(nix::Error::EINVAL) if matches!(self, MountError::Overlay { .. }) => "the root directory must be a directory the kernel can use as an overlay's lower layer (not itself on overlayfs)",
             _ => "check `dmesg` for the kernel's reason",
         }
     }
@@ -204,14 +225,13 @@ pub fn bind_readonly(path: &Path) -> Result<bool, MountError> {
 }
 
 /// The whole mount-namespace preparation, in order. Must run inside a fresh
-/// mount namespace (and pid namespace, for /proc).
-pub fn prepare_namespace() -> Result<(), MountError> {
+/// mount namespace (and pid namespace, for /proc). Returns the directory
+/// that becomes the root (see [`confine::pivot`]).
+pub fn prepare_namespace(layout: &confine::Layout) -> Result<confine::Prepared, MountError> {
     make_rprivate()?;
     let n = unmount_nsfs()?;
     tracing::debug!(unmounted = n, "host nsfs mounts removed");
-    mount_proc()?;
-    mount_private_tmpfs(Path::new("/dev/shm"), "64m")?;
-    Ok(())
+    confine::prepare(layout)
 }
 
 #[cfg(test)]

@@ -60,6 +60,7 @@ fn record(rt: &Runtime, name: &str, pid: i32) -> Workload {
         adopted: true,
         restored_from: None,
         namespaces: namespace_inodes(pid),
+        confine: Default::default(),
     }
 }
 

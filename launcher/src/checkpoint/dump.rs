@@ -53,6 +53,9 @@ pub struct DumpPlan {
     pub criu: cns_engine::Criu,
     pub options: CriuOptions,
     pub action_scripts: Vec<PathBuf>,
+    /// A rootfs workload's upper layer, saved into the checkpoint while
+    /// the tree is frozen.
+    pub rootfs_upper: Option<PathBuf>,
 }
 
 impl DumpPlan {
@@ -62,9 +65,12 @@ impl DumpPlan {
     }
 }
 
-/// `--external` entries of a dump: the log's bind mount.
+/// `--external` entries of a dump: the log's bind mount, the user's bind
+/// mounts and a rootfs workload's init.
 fn dump_externals(w: &Workload) -> Vec<String> {
-    w.stdio_mount.iter().map(|m| format!("mnt[{}]:{STDIO_KEY}", m.display())).collect()
+    let mut v: Vec<String> = w.stdio_mount.iter().map(|m| format!("mnt[{}]:{STDIO_KEY}", m.display())).collect();
+    v.extend(crate::confine::dump_externals(&w.confine));
+    v
 }
 
 /// Decides the dump of `w` (running, root `pid`). No side effects.
@@ -77,7 +83,8 @@ pub fn plan(rt: &Runtime, opts: &DumpOptions, w: &Workload, pid: i32) -> Result<
     o.flags = opts.flags.union(CriuFlags { tcp_established: rt.config.tcp_established, file_locks: rt.config.file_locks, ..Default::default() });
     o.external = dump_externals(w);
     crate::checkpoint::hooks::check(&opts.action_scripts)?;
-    Ok(DumpPlan { name: w.name.clone(), pid, criu, options: o, action_scripts: opts.action_scripts.clone() })
+    let rootfs_upper = w.confine.rootfs.as_ref().map(|lower| crate::confine::rootfs::layers(&rt.store.paths, &w.name, lower).upper);
+    Ok(DumpPlan { name: w.name.clone(), pid, criu, options: o, action_scripts: opts.action_scripts.clone(), rootfs_upper })
 }
 
 /// The plan for a dump of the workload `opts.name`, for printing.
@@ -217,6 +224,12 @@ fn run_criu(plan: &DumpPlan, staging: &mut Staging, meta: &Meta, state_dir: &Pat
                 // The images are complete and the tree not yet killed: commit
                 // the checkpoint now, so a cns killed from here on loses nothing.
                 events.stage(&what, "writing the images");
+                if let Some(upper) = &plan.rootfs_upper {
+                    let dest = staging.dir.join(crate::confine::rootfs::UPPER_ARCHIVE);
+                    if let Err(e) = crate::confine::rootfs::archive_upper(upper, &dest) {
+                        return NotifyAction::Abort(format!("cannot save the root file system: {}", e.one_line()));
+                    }
+                }
                 if let Err(e) = staging.commit(meta) {
                     return NotifyAction::Abort(format!("cannot commit the checkpoint: {}", e.one_line()));
                 }

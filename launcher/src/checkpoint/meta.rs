@@ -75,6 +75,7 @@ impl Meta {
         w.shim_pid = None;
         w.shim_start = None;
         w.namespaces = Default::default();
+        crate::confine::distrust(&mut w.confine);
         Ok(())
     }
 }

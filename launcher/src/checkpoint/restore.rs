@@ -52,6 +52,10 @@ pub struct RestoreOptions {
     pub action_scripts: Vec<PathBuf>,
     /// Post-copy: run at once, memory served on demand (lazy.rs).
     pub lazy: bool,
+    /// Where the checkpoint's root directory is now (`--rootfs`).
+    pub rootfs: Option<PathBuf>,
+    /// New sources for the checkpoint's bind mounts (`SRC:DST`).
+    pub binds: Vec<String>,
 }
 
 /// A restored, running workload.
@@ -95,6 +99,9 @@ pub struct RestorePlan {
     pub action_scripts: Vec<PathBuf>,
     /// A lazy restore's own work dir (its daemon's socket and the logs).
     pub lazy_dir: Option<PathBuf>,
+    /// Mounts CRIU makes in a private mount namespace of its own: the
+    /// overlay root of a workload with a root file system of its own.
+    pub private_mounts: Vec<cns_engine::PrivateMount>,
 }
 
 impl RestorePlan {
@@ -133,6 +140,7 @@ pub fn plan(rt: &Runtime, opts: &RestoreOptions) -> Result<RestorePlan> {
         // Not a checkpoint this host's cns recorded: believe it for nothing host-facing.
         meta.distrust(&rt.store.paths.stdio_mount())?;
     }
+    crate::confine::override_sources(&mut meta.workload.confine, opts.rootfs.as_deref(), &opts.binds)?;
     if meta.workload.name != opts.name && opts.as_name.is_none() && opts.images.is_some() {
         return Err(Error::invalid(
             format!("the images in {} belong to workload {}, not {}", images.display(), meta.workload.name, opts.name),
@@ -184,7 +192,16 @@ pub fn plan(rt: &Runtime, opts: &RestoreOptions) -> Result<RestorePlan> {
     if meta.workload.stdio_mount.is_some() {
         o.external.push(format!("mnt[{STDIO_KEY}]:{}", log.display()));
     }
-    Ok(RestorePlan { new_name, images, meta, in_place, address, host_if, log, criu: rt.criu()?, options: o, pidfile: opts.pidfile.clone(), publish, action_scripts: opts.action_scripts.clone(), lazy_dir })
+    o.external.extend(crate::confine::restore_externals(&rt.store.paths, &meta.workload.confine));
+    let mut private_mounts = vec![];
+    if let Some(lower) = &meta.workload.confine.rootfs {
+        // CRIU's root is the new workload's overlay, mounted in CRIU's own
+        // private mount namespace (run_criu).
+        let l = crate::confine::rootfs::layers(&rt.store.paths, &new_name, lower);
+        o.root = Some(l.merged.display().to_string());
+        private_mounts.push(cns_engine::PrivateMount { source: "cns-rootfs".into(), target: l.merged.clone(), fstype: "overlay".into(), data: l.data() });
+    }
+    Ok(RestorePlan { new_name, images, meta, in_place, address, host_if, log, criu: rt.criu()?, options: o, pidfile: opts.pidfile.clone(), publish, action_scripts: opts.action_scripts.clone(), lazy_dir, private_mounts })
 }
 
 fn same_dir(a: &Path, b: &Path) -> bool {
@@ -236,6 +253,7 @@ pub fn execute(rt: &Runtime, plan: &RestorePlan, opts: &RestoreOptions, events: 
             rollback.run();
             recovery::end(&locked.dir);
             if !existing {
+                crate::confine::rootfs::remove(&rt.store.paths, &plan.new_name);
                 let _ = rt.store.remove(locked);
                 if !plan.in_place {
                     let _ = fs::remove_file(&plan.log);
@@ -264,8 +282,10 @@ fn execute_locked(rt: &Runtime, plan: &RestorePlan, opts: &RestoreOptions, locke
     marker.log = (!plan.in_place).then(|| plan.log.clone());
     recovery::begin(&locked.dir, &marker)?;
     prepare_stdio(plan)?;
+    prepare_rootfs(rt, plan)?;
     if !opts.no_preflight {
-        preflight_restore(plan, opts)?;
+        crate::confine::missing_sources(&plan.meta.workload.confine)?;
+        preflight_restore(rt, plan, opts)?;
     }
     let published = crate::net::publish::bind(&net)?;
     // The copy's log must exist: CRIU bind-mounts it as the workload's stdio.
@@ -337,18 +357,40 @@ fn network(rt: &Runtime, plan: &RestorePlan, rollback: &mut Rollback<'_>) -> Res
 }
 
 /// The log's mountpoint must exist in the restored root (the host's /) for
-/// pre-flight and for CRIU.
+/// pre-flight and for CRIU. (A workload with a root of its own has it in
+/// its own /dev, which the checkpoint carries.)
 fn prepare_stdio(plan: &RestorePlan) -> Result<()> {
+    if plan.meta.workload.confine.rootfs.is_some() {
+        return Ok(());
+    }
     if let Some(m) = &plan.meta.workload.stdio_mount {
         drop(crate::files::create_private_file(m, false)?);
     }
     Ok(())
 }
 
-fn preflight_restore(plan: &RestorePlan, opts: &RestoreOptions) -> Result<()> {
+/// A workload with a root of its own gets fresh layers holding the
+/// checkpoint's changes to its root (in place too: the dumped state, not
+/// whatever came after a --leave-running dump), and cns's static init.
+fn prepare_rootfs(rt: &Runtime, plan: &RestorePlan) -> Result<()> {
+    let Some(lower) = &plan.meta.workload.confine.rootfs else { return Ok(()) };
+    crate::confine::rootfs::static_init(&rt.store.paths)?;
+    crate::confine::rootfs::create(&rt.store.paths, &plan.new_name)?;
+    let upper = crate::confine::rootfs::layers(&rt.store.paths, &plan.new_name, lower).upper;
+    let archive = plan.images.join(crate::confine::rootfs::UPPER_ARCHIVE);
+    if !archive.is_file() {
+        return Err(Error::new(ErrorKind::NotFound, format!("the checkpoint lacks {}: the changes to the workload's root", crate::confine::rootfs::UPPER_ARCHIVE))
+            .with_hint("dump the workload again"));
+    }
+    crate::confine::rootfs::extract_upper(&archive, &upper)
+}
+
+fn preflight_restore(rt: &Runtime, plan: &RestorePlan, opts: &RestoreOptions) -> Result<()> {
     let links = cns_netns::Netlink::new().and_then(|n| n.link_names()).unwrap_or_default();
     let host_if = if plan.in_place { None } else { plan.host_if.as_deref() };
-    for f in preflight::check_image(&ImageDir::new(&plan.images), opts.memory_limit, host_if, &links) {
+    let layers = plan.meta.workload.confine.rootfs.as_ref().map(|lower| crate::confine::rootfs::layers(&rt.store.paths, &plan.new_name, lower));
+    let layer_paths: Vec<&Path> = layers.iter().flat_map(|l| [l.upper.as_path(), l.lower.as_path()]).collect();
+    for f in preflight::check_image(&ImageDir::new(&plan.images), opts.memory_limit, host_if, &links, &layer_paths) {
         if f.severity == Severity::Blocker {
             return Err(Error::new(ErrorKind::Blocked, format!("cannot restore {}: {} ({})", opts.name, f.message, f.object)).with_hint(f.fix.clone()));
         }
@@ -417,7 +459,8 @@ fn run_criu(plan: &RestorePlan, net: &NetConfig, state_dir: &Path) -> Result<i32
     let log_path = work_path.join(&plan.options.log_file);
     let move_address = net.addrs != plan.meta.workload.net.addrs;
     let mut hook_err: Option<String> = None;
-    let swrk = Swrk::start(&plan.criu.path, &[], criu_stderr(&plan.images, &format!("criu-stderr-{}.log", plan.new_name)))?;
+    let read_only = crate::confine::read_only_binds(&plan.meta.workload.confine);
+    let swrk = Swrk::start_with_mounts(&plan.criu.path, &[], criu_stderr(&plan.images, &format!("criu-stderr-{}.log", plan.new_name)), &plan.private_mounts)?;
     recovery::set_criu(state_dir, swrk.pid() as i32);
     let dirs = Dirs { images: Some(dir.as_fd()), work: Some(work.as_fd()) };
     let res = swrk.restore(&plan.options, dirs, &[], &mut |n: &Notify| {
@@ -432,6 +475,12 @@ fn run_criu(plan: &RestorePlan, net: &NetConfig, state_dir: &Path) -> Result<i32
         }
         if n.script != "post-restore" {
             return NotifyAction::Continue;
+        }
+        if let (false, Some(pid)) = (read_only.is_empty(), n.pid) {
+            if let Err(e) = cns_mounts::confine::remount_read_only_in(pid, &read_only) {
+                hook_err = Some(format!("restoring the read-only bind mounts: {e}"));
+                return NotifyAction::Abort(format!("read-only mounts: {e}"));
+            }
         }
         match configure_network(net, move_address, n.pid) {
             Ok(()) => NotifyAction::Continue,

@@ -55,7 +55,7 @@ pub fn system(rt: &Runtime) -> Vec<SystemCheck> {
 pub fn check_image(rt: &Runtime, image: &str, memory_limit: Option<u64>) -> Vec<Finding> {
     let dir = if image.contains('/') { PathBuf::from(image) } else { rt.store.get(image).ok().and_then(|w| w.images).unwrap_or_else(|| rt.default_images(image)) };
     let links = cns_netns::Netlink::new().and_then(|n| n.link_names()).unwrap_or_default();
-    let mut findings = preflight::check_image(&cns_engine::ImageDir::new(&dir), memory_limit, None, &links);
+    let mut findings = preflight::check_image(&cns_engine::ImageDir::new(&dir), memory_limit, None, &links, &[]);
     if let Ok(meta) = read_meta(&dir) {
         let running = rt.store.get(&meta.workload.name).is_ok_and(|w| w.live_state() == State::Running);
         findings.extend(meta_findings(&meta, rt.criu().ok().as_ref(), !running));

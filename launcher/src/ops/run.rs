@@ -36,6 +36,8 @@ pub struct RunOptions {
     /// Start under a detached monitor instead of as the caller's child.
     pub detach: bool,
     pub pidfile: Option<PathBuf>,
+    /// Root file system, bind and tmpfs mounts, read-only root.
+    pub confine: crate::confine::ConfineOptions,
 }
 
 impl RunOptions {
@@ -54,6 +56,7 @@ impl RunOptions {
             publish: vec![],
             detach: false,
             pidfile: None,
+            confine: Default::default(),
         }
     }
 }
@@ -85,6 +88,7 @@ struct Checked {
     cap_drop: CapDrop,
     seccomp: Option<seccompiler::BpfProgram>,
     net: NetPlan,
+    confine: crate::confine::Confinement,
 }
 
 fn check(opts: &RunOptions) -> Result<Checked> {
@@ -110,7 +114,8 @@ fn check(opts: &RunOptions) -> Result<Checked> {
     }
     let net = net::plan(opts.net, opts.ip.as_deref(), &opts.publish)?;
     crate::files::check_pidfile(opts.pidfile.as_deref())?;
-    Ok(Checked { name, env, hostname, cap_drop, seccomp, net })
+    let confine = crate::confine::check(&opts.confine)?;
+    Ok(Checked { name, env, hostname, cap_drop, seccomp, net, confine })
 }
 
 /// Starts a workload.
@@ -123,6 +128,7 @@ pub fn run(rt: &Runtime, opts: &RunOptions) -> Result<Started> {
         Ok(s) => Ok(s),
         Err(e) => {
             rollback.run();
+            crate::confine::rootfs::remove(&rt.store.paths, &c.name);
             let _ = rt.store.remove(locked);
             let _ = std::fs::remove_file(rt.store.paths.log_file(&c.name));
             Err(e)
@@ -149,8 +155,15 @@ fn start_locked(rt: &Runtime, opts: &RunOptions, c: &Checked, locked: &Locked, r
     marker.log = Some(log.clone());
     recovery::begin(&locked.dir, &marker)?;
     crate::files::create_private_file(&log, true)?;
-    let stdio_mount = rt.store.paths.stdio_mount();
-    drop(crate::files::create_private_file(&stdio_mount, false)?);
+    let own_root = c.confine.rootfs.is_some();
+    let stdio_mount = if own_root {
+        crate::confine::rootfs::create(&rt.store.paths, name)?;
+        PathBuf::from(crate::confine::LOG_IN_ROOTFS)
+    } else {
+        let m = rt.store.paths.stdio_mount();
+        drop(crate::files::create_private_file(&m, false)?);
+        m
+    };
     let mut w = Workload {
         name: name.clone(),
         command: opts.command.clone(),
@@ -173,6 +186,7 @@ fn start_locked(rt: &Runtime, opts: &RunOptions, c: &Checked, locked: &Locked, r
         adopted: false,
         restored_from: None,
         namespaces: Default::default(),
+        confine: c.confine.clone(),
     };
     locked.save(&w)?;
     let spec = Spec {
@@ -188,6 +202,8 @@ fn start_locked(rt: &Runtime, opts: &RunOptions, c: &Checked, locked: &Locked, r
         init_binary: spawn::init_binary(&rt.store.paths.lib, &rt.store.paths.state)?,
         masked: masked_dirs(rt)?,
         read_only: vec![rt.store.paths.lib.join("bin"), rt.config_dir()],
+        layout: crate::confine::layout(&rt.store.paths, name, &c.confine),
+        static_init: if own_root { Some(crate::confine::rootfs::static_init(&rt.store.paths)?) } else { None },
     };
     let (pid, monitor) = launch(rt, &spec, &w.net, locked, opts.detach)?;
     w.mark_running(pid, monitor);

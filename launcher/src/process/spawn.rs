@@ -50,6 +50,11 @@ pub struct Spec {
     pub masked: Vec<PathBuf>,
     /// cns's directories the workload may see but not change (init's binary, the config).
     pub read_only: Vec<PathBuf>,
+    /// Its own root, mounts, read-only root.
+    pub layout: cns_mounts::confine::Layout,
+    /// With a root of its own: cns's static init (bind-mounted into the
+    /// root, where cns's own binary and libc are not).
+    pub static_init: Option<PathBuf>,
 }
 
 /// The binary the workload's init runs: a copy of this cns binary under the
@@ -261,12 +266,16 @@ fn setup_namespace(spec: &Spec, go: OwnedFd) -> Result<(), StepError> {
     }
     // 1. A session of its own: CRIU needs the session leader inside the tree.
     nix::unistd::setsid().map_err(|e| StepError::new("setsid", e, errno_of(&e), "should not happen in a fresh pid ns"))?;
-    // 2. Mounts: private propagation, host nsfs mounts gone, fresh /proc, private /dev/shm.
-    cns_mounts::prepare_namespace().map_err(|e| {
+    // 2. Mounts: private propagation, host nsfs mounts gone, the root of
+    //    its own (or the host's), fresh /proc, private /dev/shm, binds,
+    //    tmpfs, read-only.
+    let mount_err = |step: &str, e: cns_mounts::MountError| {
         let errno = e.errno().map(|x| x as i32);
         let hint = e.hint();
-        StepError::new("mount namespace setup", e, errno, hint)
-    })?;
+        StepError::new(step, e, errno, hint)
+    };
+    let prepared = cns_mounts::prepare_namespace(&spec.layout).map_err(|e| mount_err("mount namespace setup", e))?;
+    let root = prepared.root.clone();
     // 3. Hostname.
     nix::unistd::sethostname(&spec.hostname)
         .map_err(|e| StepError::new("sethostname", e, errno_of(&e), "hostnames are at most 64 bytes"))?;
@@ -279,10 +288,21 @@ fn setup_namespace(spec: &Spec, go: OwnedFd) -> Result<(), StepError> {
     //    stdout/stderr the log. Nothing may point into the host's mount ns.
     //    The log is reached through a bind mount of its own, which the dump
     //    records as external and a restore maps to each copy's log.
-    cns_mounts::bind_file(&spec.log, &spec.stdio_mount).map_err(|e| {
-        let errno = e.errno().map(|x| x as i32);
-        StepError::new("bind-mount the log", e, errno, "check the cns lib directory")
-    })?;
+    let stdio = cns_mounts::confine::under(&root, &spec.stdio_mount);
+    if spec.static_init.is_some() {
+        create_file(&stdio)?;
+    }
+    cns_mounts::bind_file(&spec.log, &stdio).map_err(|e| mount_err("bind-mount the log", e))?;
+    if let Some(init) = &spec.static_init {
+        // 5a. A root of its own: cns's static init is bind-mounted in, and
+        //     the host's tree is detached with pivot_root.
+        let target = cns_mounts::confine::under(&root, std::path::Path::new(crate::confine::INIT_IN_ROOTFS));
+        create_file(&target)?;
+        cns_mounts::bind_file(init, &target).map_err(|e| mount_err("bind-mount cns's init", e))?;
+        prepared.seal().map_err(|e| mount_err("making the root read-only", e))?;
+        cns_mounts::confine::pivot(&root).map_err(|e| mount_err("pivot_root", e))?;
+        return open_stdio(&spec.stdio_mount);
+    }
     open_stdio(&spec.stdio_mount)?;
     // 6. cns's own state, images and logs are not the workload's to see or
     //    plant files in; init's binary and the config only to read. (After
@@ -293,7 +313,17 @@ fn setup_namespace(spec: &Spec, go: OwnedFd) -> Result<(), StepError> {
     for p in &spec.read_only {
         cns_mounts::bind_readonly(p).map_err(|e| StepError::new("protecting cns's binaries", &e, e.errno().map(|x| x as i32), e.hint()))?;
     }
+    // 7. A read-only root, last: binds made after it would be read-only too.
+    prepared.seal().map_err(|e| mount_err("making the root read-only", e))?;
     Ok(())
+}
+
+/// An empty file to mount onto (in the workload's own /dev tmpfs).
+fn create_file(p: &std::path::Path) -> Result<(), StepError> {
+    std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(p).map(drop).map_err(|e| {
+        let errno = e.raw_os_error();
+        StepError::new(&format!("create {}", p.display()), e, errno, "")
+    })
 }
 
 fn open_stdio(log: &std::path::Path) -> Result<(), StepError> {
@@ -356,9 +386,13 @@ fn child_main(spec: &Spec, go: OwnedFd, rep: OwnedFd) -> ! {
             //    a forked image would keep mappings of the host's mounts,
             //    which CRIU cannot dump ("Can't lookup mount").
             close_fds_from(3, false);
-            let prog = CString::new(spec.init_binary.as_os_str().as_encoded_bytes()).unwrap_or_default();
-            let argv = [c"cns-init".to_owned(), c"__init".to_owned(), CString::new(child.as_raw().to_string()).unwrap_or_default()];
-            let _ = nix::unistd::execv(&prog, &argv);
+            let pid = CString::new(child.as_raw().to_string()).unwrap_or_default();
+            if spec.static_init.is_some() {
+                let _ = nix::unistd::execv(c"/dev/.cns-init", &[c"cns-init".to_owned(), pid]);
+            } else {
+                let prog = CString::new(spec.init_binary.as_os_str().as_encoded_bytes()).unwrap_or_default();
+                let _ = nix::unistd::execv(&prog, &[c"cns-init".to_owned(), c"__init".to_owned(), pid]);
+            }
             // exec failed: still be a correct init.
             let code = init_loop(child);
             // SAFETY: the init ends here; _exit skips the copied parent state.
@@ -369,6 +403,8 @@ fn child_main(spec: &Spec, go: OwnedFd, rep: OwnedFd) -> ! {
 
 fn exec_command(spec: &Spec, rep: RawFd) -> ! {
     let _ = SigSet::all().thread_unblock();
+    // cns's own umask (077) is for its state; the command gets the usual one.
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
     for sig in nix::sys::signal::Signal::iterator() {
         if sig != Signal::SIGKILL && sig != Signal::SIGSTOP {
             // SAFETY: restoring default dispositions before exec.

@@ -63,4 +63,11 @@ impl Paths {
         self.lib.join("stdio")
     }
 
+    /// A `--rootfs` workload's own layers: `upper` (its changes), `work`
+    /// (overlayfs's) and `merged` (a mountpoint, used only inside private
+    /// mount namespaces).
+    pub fn rootfs_dir(&self, name: &str) -> PathBuf {
+        self.lib.join("rootfs").join(name)
+    }
+
 }

@@ -171,6 +171,33 @@ pub struct Workload {
     /// Namespace inodes of the root (pid, mnt, net, ...), filled at start.
     #[serde(default)]
     pub namespaces: std::collections::BTreeMap<String, u64>,
+    /// Its own root, mounts and read-only root.
+    #[serde(default)]
+    pub confine: Confinement,
+}
+
+/// The file-system confinement of a workload: what `--rootfs`, `--bind`,
+/// `--tmpfs` and `--read-only` asked for. Dump and restore rebuild it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Confinement {
+    /// The directory its root is an overlay over (never written: changes
+    /// go to the workload's own upper layer, see paths.rs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rootfs: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mounts: Vec<cns_mounts::confine::Mount>,
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+impl Confinement {
+    /// Host paths of the bind mounts, by destination.
+    pub fn binds(&self) -> impl Iterator<Item = (&std::path::Path, &std::path::Path)> {
+        self.mounts.iter().filter_map(|m| match m {
+            cns_mounts::confine::Mount::Bind { src, dst, .. } => Some((src.as_path(), dst.as_path())),
+            _ => None,
+        })
+    }
 }
 
 impl Workload {
