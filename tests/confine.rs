@@ -162,3 +162,49 @@ fn bad_mount_flags_are_one_line_errors_that_change_nothing() {
     }
     assert!(!Path::new(&missing_dst).exists(), "cns created a mountpoint on the host");
 }
+
+/// True when this host's root can read another user's rlimits (CRIU needs
+/// it to dump a process of another uid): CAP_SYS_RESOURCE, bit 24.
+fn has_cap_sys_resource() -> bool {
+    let status = std::fs::read_to_string("/proc/self/status").expect("status");
+    let eff = status.lines().find_map(|l| l.strip_prefix("CapEff:")).map(str::trim).expect("CapEff");
+    u64::from_str_radix(eff, 16).expect("hex") & (1 << 24) != 0
+}
+
+#[test]
+fn a_user_workload_runs_without_capabilities_and_its_dump_is_decided_by_cap_sys_resource() {
+    let n = name("user");
+    let _c = Cleanup(vec![n.clone()]);
+    ok(&["run", "-d", "--name", &n, "--user", "1234:2345", "--group", "44", "--", "sh", "-c", COUNT]);
+    wait_for("the counter", 20, || last_count(&n).is_some_and(|c| c >= 3));
+    let status = exec(&n, "cat /proc/$$/status");
+    let field = |k: &str| status.lines().find_map(|l| l.strip_prefix(k)).map(|v| v.split_whitespace().collect::<Vec<_>>().join(" ")).unwrap_or_default();
+    assert_eq!(field("Uid:"), "1234 1234 1234 1234", "{status}");
+    assert_eq!(field("Gid:"), "2345 2345 2345 2345", "{status}");
+    assert_eq!(field("Groups:"), "44");
+    for k in ["CapEff:", "CapPrm:", "CapAmb:"] {
+        assert_eq!(field(k), "0000000000000000", "{k} of a --user workload");
+    }
+    // The command itself (not only what exec starts) runs as the user.
+    let cmd_pid = std::fs::read_to_string(format!("/proc/{}/task/{}/children", pid_of(&n), pid_of(&n))).expect("children");
+    let cmd_status = std::fs::read_to_string(format!("/proc/{}/status", cmd_pid.trim())).expect("status");
+    assert!(cmd_status.lines().any(|l| l.split_whitespace().collect::<Vec<_>>() == ["Uid:", "1234", "1234", "1234", "1234"]), "{cmd_status}");
+    if has_cap_sys_resource() {
+        let before = last_count(&n).expect("count");
+        ok(&["dump", &n]);
+        ok(&["restore", "-d", &n]);
+        wait_for("the restored counter", 20, || last_count(&n).is_some_and(|c| c > before + 2));
+        let after = exec(&n, "cat /proc/$$/status");
+        assert!(after.lines().any(|l| l.split_whitespace().collect::<Vec<_>>() == ["Uid:", "1234", "1234", "1234", "1234"]), "{after}");
+    } else {
+        // Here root lacks CAP_SYS_RESOURCE: CRIU could not read the user's
+        // rlimits, so pre-flight refuses before anything is frozen.
+        let e = fails(&["dump", &n]);
+        assert!(e.starts_with(&format!("cns: cannot dump {n}: CRIU cannot read the rlimits of a process of another user: root here lacks CAP_SYS_RESOURCE")), "{e}");
+        assert_eq!(state_of(&n), "running");
+        let k = last_count(&n).expect("count");
+        wait_for("the counter to go on", 20, || last_count(&n).is_some_and(|c| c > k));
+    }
+    let e = fails(&["run", "--name", &n, "--user", "no-such-user-here", "--", "true"]);
+    assert!(e.contains("unknown user"), "{e}");
+}

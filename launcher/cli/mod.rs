@@ -189,6 +189,13 @@ pub struct RunArgs {
     /// /proc, /dev and the --bind/--tmpfs mounts asked for
     #[arg(long)]
     pub read_only: bool,
+    /// Run the command as UID[:GID] (numbers, or names in the root's /etc/passwd and
+    /// /etc/group); a user other than root keeps no capability
+    #[arg(long, short = 'u', value_name = "UID[:GID]")]
+    pub user: Option<String>,
+    /// A supplementary group of --user (repeatable)
+    #[arg(long = "group", value_name = "GID")]
+    pub groups: Vec<String>,
     /// Command and its arguments
     #[arg(required = true, last = true, value_name = "CMD")]
     pub command: Vec<String>,

@@ -31,6 +31,10 @@ pub struct ConfineOptions {
     /// `DST[:SIZE]`.
     pub tmpfs: Vec<String>,
     pub read_only: bool,
+    /// `UID[:GID]` or names.
+    pub user: Option<String>,
+    /// Supplementary groups.
+    pub groups: Vec<String>,
 }
 
 /// Validates the options before anything starts: the root and every bind
@@ -59,7 +63,12 @@ pub fn check(o: &ConfineOptions) -> Result<Confinement> {
             ));
         }
     }
-    Ok(Confinement { rootfs, mounts, read_only: o.read_only })
+    if o.user.is_none() && !o.groups.is_empty() {
+        return Err(Error::invalid("--group needs --user", "add --user UID[:GID]"));
+    }
+    let etc = rootfs.as_deref().unwrap_or(Path::new("/")).join("etc");
+    let user = o.user.as_deref().map(|u| crate::process::security::parse_user(u, &o.groups, &etc)).transpose()?;
+    Ok(Confinement { rootfs, mounts, read_only: o.read_only, user })
 }
 
 fn check_rootfs(p: &Path) -> Result<PathBuf> {

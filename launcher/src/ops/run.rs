@@ -203,6 +203,7 @@ fn start_locked(rt: &Runtime, opts: &RunOptions, c: &Checked, locked: &Locked, r
         masked: masked_dirs(rt)?,
         read_only: vec![rt.store.paths.lib.join("bin"), rt.config_dir()],
         layout: crate::confine::layout(&rt.store.paths, name, &c.confine),
+        user: c.confine.user.clone(),
         static_init: if own_root { Some(crate::confine::rootfs::static_init(&rt.store.paths)?) } else { None },
     };
     let (pid, monitor) = launch(rt, &spec, &w.net, locked, opts.detach)?;

@@ -21,6 +21,8 @@ pub struct EnterSpec<'a> {
     pub cap_drop: &'a crate::process::security::CapDrop,
     /// The workload's seccomp filter.
     pub seccomp: Option<&'a seccompiler::BpfProgram>,
+    /// The workload's user.
+    pub user: Option<&'a crate::process::security::User>,
     /// Set no_new_privs (the workload's command has it).
     pub no_new_privs: bool,
     /// The process whose working directory the command starts in (the
@@ -87,6 +89,9 @@ fn exec_child(spec: &EnterSpec<'_>) -> ! {
     crate::process::spawn::close_fds_from(3, true);
     if let Err(e) = spec.cap_drop.apply() {
         fail("dropping capabilities", e);
+    }
+    if let Err(e) = spec.user.map_or(Ok(()), |u| u.apply()) {
+        fail("becoming the workload's user", e);
     }
     if spec.no_new_privs {
         // SAFETY: prctl on ourselves with constant arguments.

@@ -55,6 +55,8 @@ pub struct Spec {
     /// With a root of its own: cns's static init (bind-mounted into the
     /// root, where cns's own binary and libc are not).
     pub static_init: Option<PathBuf>,
+    /// The user CMD runs as.
+    pub user: Option<crate::process::security::User>,
 }
 
 /// The binary the workload's init runs: a copy of this cns binary under the
@@ -418,6 +420,9 @@ fn exec_command(spec: &Spec, rep: RawFd) -> ! {
     }
     if let Err(e) = spec.cap_drop.apply() {
         report_and_exit(rep, StepError::new("dropping capabilities", e, None, ""));
+    }
+    if let Err(e) = spec.user.as_ref().map_or(Ok(()), |u| u.apply()) {
+        report_and_exit(rep, StepError::new("becoming the user", e, None, "check --user and --group"));
     }
     for (k, v) in &spec.env {
         // SAFETY: single-threaded child just before exec.

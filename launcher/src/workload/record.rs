@@ -188,6 +188,9 @@ pub struct Confinement {
     pub mounts: Vec<cns_mounts::confine::Mount>,
     #[serde(default)]
     pub read_only: bool,
+    /// The user the command runs as (root when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<crate::process::security::User>,
 }
 
 impl Confinement {
