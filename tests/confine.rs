@@ -208,3 +208,61 @@ fn a_user_workload_runs_without_capabilities_and_its_dump_is_decided_by_cap_sys_
     let e = fails(&["run", "--name", &n, "--user", "no-such-user-here", "--", "true"]);
     assert!(e.contains("unknown user"), "{e}");
 }
+
+/// The cgroup directory of `pid` for a v1 `controller` (or the v2 one).
+fn cgroup_of(pid: i32, controller: &str) -> PathBuf {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).expect("cgroup");
+    let v2 = Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+    for l in text.lines() {
+        let f: Vec<&str> = l.splitn(3, ':').collect();
+        if v2 && f[0] == "0" {
+            return Path::new("/sys/fs/cgroup").join(f[2].trim_start_matches('/'));
+        }
+        if !v2 && f[1].split(',').any(|c| c == controller) {
+            return Path::new("/sys/fs/cgroup").join(controller).join(f[2].trim_start_matches('/'));
+        }
+    }
+    panic!("{pid} is in no {controller} cgroup: {text}");
+}
+
+fn limits_of(pid: i32) -> (String, String) {
+    let v2 = Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+    let mem = if v2 { cgroup_of(pid, "memory").join("memory.max") } else { cgroup_of(pid, "memory").join("memory.limit_in_bytes") };
+    let read = |p: PathBuf| std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display())).trim().to_string();
+    (read(mem), read(cgroup_of(pid, "pids").join("pids.max")))
+}
+
+#[test]
+fn memory_and_pids_limits_hold_after_restore_and_a_copy_gets_its_own_cgroup() {
+    let n = name("limits");
+    let copy = name("limits-c");
+    let _c = Cleanup(vec![n.clone(), copy.clone()]);
+    ok(&["run", "-d", "--name", &n, "--memory", "96m", "--pids", "16", "--cpus", "0.5", "--", "sh", "-c", COUNT]);
+    wait_for("the counter", 20, || last_count(&n).is_some_and(|c| c >= 3));
+    let too_many = "for i in $(seq 40); do sleep 1 & done";
+    let check = |w: &str| {
+        let pid = pid_of(w);
+        assert_eq!(limits_of(pid), ((96u64 << 20).to_string(), "16".to_string()), "{w}");
+        assert!(cgroup_of(pid, "pids").ends_with(format!("cns/{w}")), "{w} is not in its own cgroup: {}", cgroup_of(pid, "pids").display());
+        let (forked, out) = try_exec(w, too_many);
+        assert!(!forked && out.contains("fork"), "{w}: 40 tasks under --pids 16: {out}");
+        // The sleeps that did start end within a second; none is dumped.
+        wait_for("the extra tasks to end", 10, || ps_entry(w).and_then(|e| e["resources"]["pids"].as_u64()).is_some_and(|p| p <= 3));
+    };
+    check(&n);
+    let ps = ps_entry(&n).expect("ps");
+    assert_eq!(ps["resources"]["pids_limit"], 16);
+    assert_eq!(ps["resources"]["memory_limit"], 96u64 << 20);
+    assert!(ps["resources"]["memory_bytes"].as_u64().is_some_and(|b| b > 0));
+    ok(&["dump", "--leave-running", &n]);
+    ok(&["restore", "-d", &n, "--as", &copy]);
+    check(&copy);
+    assert_ne!(cgroup_of(pid_of(&copy), "memory"), cgroup_of(pid_of(&n), "memory"), "the copy shares the original's cgroup");
+    ok(&["dump", &n]);
+    ok(&["restore", "-d", &n]);
+    check(&n);
+    let k = last_count(&n).expect("count");
+    wait_for("the restored counter", 20, || last_count(&n).is_some_and(|c| c > k + 2));
+    ok(&["rm", "-f", &copy]);
+    assert!(!Path::new(&format!("/sys/fs/cgroup/pids/cns/{copy}")).exists() && !Path::new(&format!("/sys/fs/cgroup/cns/{copy}")).exists(), "rm left the copy's cgroup");
+}

@@ -196,6 +196,15 @@ pub struct RunArgs {
     /// A supplementary group of --user (repeatable)
     #[arg(long = "group", value_name = "GID")]
     pub groups: Vec<String>,
+    /// Memory limit (e.g. 512m, 2g), enforced by a cgroup of the workload's own
+    #[arg(long, value_name = "SIZE")]
+    pub memory: Option<String>,
+    /// Limit on the number of tasks (processes and threads)
+    #[arg(long, value_name = "N")]
+    pub pids: Option<u64>,
+    /// CPU time limit in CPUs (e.g. 0.5)
+    #[arg(long, value_name = "N")]
+    pub cpus: Option<String>,
     /// Command and its arguments
     #[arg(required = true, last = true, value_name = "CMD")]
     pub command: Vec<String>,

@@ -166,6 +166,7 @@ pub fn sweep(rt: &Runtime) {
         if !has_record || marker.as_ref().is_some_and(|m| m.new_record) {
             // A new workload's root layers go with it (cns's own dir, by name).
             crate::confine::rootfs::remove(&rt.store.paths, &name);
+            crate::confine::cgroup::remove(&name);
             let _ = fs::remove_dir_all(&dir);
         } else {
             end(&dir);

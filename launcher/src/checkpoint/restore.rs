@@ -254,6 +254,9 @@ pub fn execute(rt: &Runtime, plan: &RestorePlan, opts: &RestoreOptions, events: 
             recovery::end(&locked.dir);
             if !existing {
                 crate::confine::rootfs::remove(&rt.store.paths, &plan.new_name);
+                if !plan.meta.workload.confine.limits.is_empty() {
+                    crate::confine::cgroup::remove(&plan.new_name);
+                }
                 let _ = rt.store.remove(locked);
                 if !plan.in_place {
                     let _ = fs::remove_file(&plan.log);
@@ -283,6 +286,10 @@ fn execute_locked(rt: &Runtime, plan: &RestorePlan, opts: &RestoreOptions, locke
     recovery::begin(&locked.dir, &marker)?;
     prepare_stdio(plan)?;
     prepare_rootfs(rt, plan)?;
+    let limits = plan.meta.workload.confine.limits;
+    if !limits.is_empty() {
+        crate::confine::cgroup::create(&plan.new_name, &limits)?;
+    }
     if !opts.no_preflight {
         crate::confine::missing_sources(&plan.meta.workload.confine)?;
         preflight_restore(rt, plan, opts)?;
@@ -467,6 +474,13 @@ fn run_criu(plan: &RestorePlan, net: &NetConfig, state_dir: &Path) -> Result<i32
         if n.script == "setup-namespaces" {
             if let Some(pid) = n.pid {
                 recovery::set_root(state_dir, pid);
+                // Into its own cgroup before it forks the tree or gets a page.
+                if !plan.meta.workload.confine.limits.is_empty() {
+                    if let Err(e) = crate::confine::cgroup::enter(&plan.new_name, pid) {
+                        hook_err = Some(format!("entering the workload's cgroup: {}", e.one_line()));
+                        return NotifyAction::Abort(e.one_line());
+                    }
+                }
             }
         }
         if let Err(e) = crate::checkpoint::hooks::run(&plan.action_scripts, &n.script, n.pid, &plan.new_name, &plan.images) {

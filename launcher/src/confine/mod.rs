@@ -3,6 +3,7 @@
 //! recorded in the workload's [`Confinement`], handed to CRIU at dump and
 //! rebuilt at restore, so it is still in force after a restore.
 
+pub mod cgroup;
 pub mod rootfs;
 
 use std::collections::BTreeSet;
@@ -35,6 +36,12 @@ pub struct ConfineOptions {
     pub user: Option<String>,
     /// Supplementary groups.
     pub groups: Vec<String>,
+    /// `--memory SIZE`.
+    pub memory: Option<String>,
+    /// `--pids N`.
+    pub pids: Option<u64>,
+    /// `--cpus N`.
+    pub cpus: Option<String>,
 }
 
 /// Validates the options before anything starts: the root and every bind
@@ -68,7 +75,8 @@ pub fn check(o: &ConfineOptions) -> Result<Confinement> {
     }
     let etc = rootfs.as_deref().unwrap_or(Path::new("/")).join("etc");
     let user = o.user.as_deref().map(|u| crate::process::security::parse_user(u, &o.groups, &etc)).transpose()?;
-    Ok(Confinement { rootfs, mounts, read_only: o.read_only, user })
+    let limits = cgroup::parse(o.memory.as_deref(), o.pids, o.cpus.as_deref())?;
+    Ok(Confinement { rootfs, mounts, read_only: o.read_only, user, limits })
 }
 
 fn check_rootfs(p: &Path) -> Result<PathBuf> {

@@ -33,6 +33,6 @@ pub fn exec(rt: &Runtime, opts: &ExecOptions) -> Result<i32> {
     // The workload's command is init's child (an adopted tree's root too).
     let command = crate::process::stat::first_child(pid);
     let no_new_privs = seccomp.is_some() || command.is_some_and(crate::process::stat::has_no_new_privs);
-    let spec = EnterSpec { name: &opts.name, command: &opts.command, env: &env, cap_drop: &cap_drop, seccomp: seccomp.as_ref(), user: w.confine.user.as_ref(), no_new_privs, cwd_of: command };
+    let spec = EnterSpec { name: &opts.name, command: &opts.command, env: &env, cap_drop: &cap_drop, seccomp: seccomp.as_ref(), user: w.confine.user.as_ref(), cgroups: if w.confine.limits.is_empty() { vec![] } else { crate::confine::cgroup::dirs(&w.name) }, no_new_privs, cwd_of: command };
     run_inside(&root, &spec)
 }

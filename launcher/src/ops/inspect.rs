@@ -39,6 +39,10 @@ pub fn inspect(rt: &Runtime, target: &str) -> Result<serde_json::Value> {
         }));
         v.insert("log".into(), serde_json::to_value(&w.log)?);
         v.insert("restored_from".into(), serde_json::to_value(&w.restored_from)?);
+        v.insert("confinement".into(), serde_json::to_value(&w.confine)?);
+        if !w.confine.limits.is_empty() {
+            v.insert("resources".into(), serde_json::to_value(crate::confine::cgroup::usage(&w.name, &w.confine.limits))?);
+        }
         v.insert("adopted".into(), w.adopted.into());
         if let (State::Running, Some(pid)) = (state, w.live_pid()) {
             v.insert("processes".into(), serde_json::to_value(live_tree(pid))?);

@@ -19,6 +19,9 @@ pub struct PsRow {
     pub images: Option<String>,
     pub restored_from: Option<String>,
     pub adopted: bool,
+    /// Usage against the limits (workloads with --memory/--pids/--cpus).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resources: Option<crate::confine::cgroup::Usage>,
 }
 
 impl From<&Workload> for PsRow {
@@ -36,6 +39,7 @@ impl From<&Workload> for PsRow {
             images: w.images.as_ref().map(|p| p.display().to_string()),
             restored_from: w.restored_from.clone(),
             adopted: w.adopted,
+            resources: (!w.confine.limits.is_empty()).then(|| crate::confine::cgroup::usage(&w.name, &w.confine.limits)),
         }
     }
 }

@@ -42,6 +42,9 @@ pub fn rm(rt: &Runtime, opts: &RmOptions) -> Result<()> {
     let _ = std::fs::remove_file(&w.log);
     // Its root's own layers (its checkpoint keeps a copy of the changes).
     crate::confine::rootfs::remove(&rt.store.paths, &w.name);
+    if !w.confine.limits.is_empty() {
+        crate::confine::cgroup::remove(&w.name);
+    }
     if !opts.keep_images {
         if let Some(img) = &w.images {
             // Only a checkpoint cns made for this name under its own root.

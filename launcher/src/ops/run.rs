@@ -129,6 +129,9 @@ pub fn run(rt: &Runtime, opts: &RunOptions) -> Result<Started> {
         Err(e) => {
             rollback.run();
             crate::confine::rootfs::remove(&rt.store.paths, &c.name);
+            if !c.confine.limits.is_empty() {
+                crate::confine::cgroup::remove(&c.name);
+            }
             let _ = rt.store.remove(locked);
             let _ = std::fs::remove_file(rt.store.paths.log_file(&c.name));
             Err(e)
@@ -206,7 +209,7 @@ fn start_locked(rt: &Runtime, opts: &RunOptions, c: &Checked, locked: &Locked, r
         user: c.confine.user.clone(),
         static_init: if own_root { Some(crate::confine::rootfs::static_init(&rt.store.paths)?) } else { None },
     };
-    let (pid, monitor) = launch(rt, &spec, &w.net, locked, opts.detach)?;
+    let (pid, monitor) = launch(rt, &spec, &w.net, &c.confine.limits, locked, opts.detach)?;
     w.mark_running(pid, monitor);
     let recorded = locked.save(&w).and_then(|()| match &opts.pidfile {
         Some(p) => crate::files::write_pidfile(p, pid),
@@ -235,9 +238,16 @@ fn masked_dirs(rt: &Runtime) -> Result<Vec<PathBuf>> {
 
 /// Starts the tree, in a detached monitor or as the caller's child, and
 /// serves its published ports. Returns the root and its monitor.
-fn launch(rt: &Runtime, spec: &Spec, net: &NetConfig, locked: &Locked, detach: bool) -> Result<(i32, i32)> {
+fn launch(rt: &Runtime, spec: &Spec, net: &NetConfig, limits: &crate::confine::cgroup::Limits, locked: &Locked, detach: bool) -> Result<(i32, i32)> {
     let mut published = Some(crate::net::publish::bind(net)?);
-    let mut before_go = |pid: i32| net::attach(net, pid);
+    // The cgroup before the child goes on: everything it forks is in it.
+    let mut before_go = |pid: i32| {
+        if !limits.is_empty() {
+            crate::confine::cgroup::create(&locked.name, limits)?;
+            crate::confine::cgroup::enter(&locked.name, pid)?;
+        }
+        net::attach(net, pid)
+    };
     let state_dir = locked.dir.clone();
     let mut work = || -> Result<i32> {
         let pid = spawn::start(spec, &mut before_go)?;

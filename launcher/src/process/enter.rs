@@ -23,6 +23,8 @@ pub struct EnterSpec<'a> {
     pub seccomp: Option<&'a seccompiler::BpfProgram>,
     /// The workload's user.
     pub user: Option<&'a crate::process::security::User>,
+    /// The workload's cgroup directories (its limits hold for what exec starts too).
+    pub cgroups: Vec<std::path::PathBuf>,
     /// Set no_new_privs (the workload's command has it).
     pub no_new_privs: bool,
     /// The process whose working directory the command starts in (the
@@ -87,6 +89,12 @@ fn exec_child(spec: &EnterSpec<'_>) -> ! {
     }
     // Only stdio crosses into the workload.
     crate::process::spawn::close_fds_from(3, true);
+    for d in &spec.cgroups {
+        // "0": the writing process itself.
+        if let Err(e) = std::fs::write(d.join("cgroup.procs"), "0") {
+            fail(&format!("joining the workload's cgroup {}", d.display()), e);
+        }
+    }
     if let Err(e) = spec.cap_drop.apply() {
         fail("dropping capabilities", e);
     }

@@ -191,6 +191,9 @@ pub struct Confinement {
     /// The user the command runs as (root when absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<crate::process::security::User>,
+    /// Resource limits, enforced by a cgroup of the workload's own.
+    #[serde(default, skip_serializing_if = "crate::confine::cgroup::Limits::is_empty")]
+    pub limits: crate::confine::cgroup::Limits,
 }
 
 impl Confinement {
