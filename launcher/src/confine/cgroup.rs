@@ -49,7 +49,7 @@ pub fn parse(memory: Option<&str>, pids: Option<u64>, cpus: Option<&str>) -> Res
     }
     let millicpus = cpus
         .map(|c| match c.parse::<f64>() {
-            Ok(v) if v.is_finite() && v >= 0.01 && v <= 4096.0 => Ok((v * 1000.0).round() as u64),
+            Ok(v) if v.is_finite() && (0.01..=4096.0).contains(&v) => Ok((v * 1000.0).round() as u64),
             _ => Err(Error::invalid(format!("invalid --cpus {c:?}"), "give a number of CPUs such as 0.5 or 2")),
         })
         .transpose()?;
