@@ -37,7 +37,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<i32> {
     rt.require_root()?;
     cns_runtime::recovery::sweep(&rt);
     match cli.command {
-        Command::Run(a) => cli::run::run(&rt, a),
+        Command::Run(a) => cli::run::run(&rt, *a),
         Command::Ps(a) => cli::ps::ps(&rt, a),
         Command::Exec(a) => cli::exec::exec(&rt, a),
         Command::Logs(a) => cli::logs::logs(&rt, a),

@@ -111,7 +111,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Start a command in fresh namespaces
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// List workloads
     Ps(PsArgs),
     /// Run a command inside a running workload's namespaces
