@@ -59,6 +59,13 @@ fn rootfs_changes_survive_restore_and_copies_see_their_own_root() {
     let (seen, _) = try_exec(&n, &format!("cat {}", secret.display()));
     assert!(!seen, "after restore the workload reads host files");
     assert_eq!(exec(&n, "ls /dev/.cns-init /dev/null /dev/pts/ptmx >/dev/null && echo ok"), "ok\n");
+    // Its resolv.conf names the host's reachable name servers (in its own layer, not in the given root).
+    let resolv = exec(&n, "cat /etc/resolv.conf");
+    let host: Vec<String> = std::fs::read_to_string("/etc/resolv.conf").expect("host resolv.conf").lines().filter_map(|l| l.strip_prefix("nameserver")).map(|s| s.trim().to_string()).filter(|s| !s.starts_with("127.") && s != "::1").collect();
+    for ns in &host {
+        assert!(resolv.contains(&format!("nameserver {ns}")), "{resolv}");
+    }
+    assert!(!root.join("etc/resolv.conf").exists());
     // A copy has its own view: what it writes, the original does not see.
     ok(&["dump", "--leave-running", &n]);
     ok(&["restore", "-d", &n, "--as", &copy]);

@@ -189,6 +189,11 @@ pub struct RunArgs {
     /// /proc, /dev and the --bind/--tmpfs mounts asked for
     #[arg(long)]
     pub read_only: bool,
+    /// Keep the workload from reaching past the host: no NAT, and what it sends beyond
+    /// the host is dropped (by default a veth workload reaches the host's networks and the
+    /// world through NAT)
+    #[arg(long)]
+    pub no_outbound: bool,
     /// Run the command as UID[:GID] (numbers, or names in the root's /etc/passwd and
     /// /etc/group); a user other than root keeps no capability
     #[arg(long, short = 'u', value_name = "UID[:GID]")]
@@ -326,6 +331,9 @@ pub struct RestoreArgs {
     /// (needs fs.pipe-max-size >= 4 MiB and userfaultfd)
     #[arg(long)]
     pub lazy: bool,
+    /// No outbound access for the restored workload (see `cns run --no-outbound`)
+    #[arg(long)]
+    pub no_outbound: bool,
     /// Where the checkpoint's root directory (its --rootfs) is on this host now
     #[arg(long, value_name = "DIR")]
     pub rootfs: Option<PathBuf>,

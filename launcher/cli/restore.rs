@@ -24,6 +24,7 @@ pub fn restore(rt: &Runtime, a: RestoreArgs, quiet: bool) -> anyhow::Result<i32>
         lazy: a.lazy,
         rootfs: a.rootfs,
         binds: a.binds,
+        no_outbound: a.no_outbound,
     };
     if a.cmdline.print_criu_cmdline {
         rt.require_root()?;

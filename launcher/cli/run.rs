@@ -19,6 +19,7 @@ pub fn run(rt: &Runtime, a: RunArgs) -> anyhow::Result<i32> {
         publish: a.publish.publish,
         detach: a.start.detach,
         pidfile: a.start.pidfile,
+        no_outbound: a.no_outbound,
         confine: cns_runtime::confine::ConfineOptions { rootfs: a.rootfs, binds: a.binds, tmpfs: a.tmpfs, read_only: a.read_only, user: a.user, groups: a.groups, memory: a.memory, pids: a.pids, cpus: a.cpus },
     };
     let started = ops::run(rt, &opts)?;

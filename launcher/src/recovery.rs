@@ -165,7 +165,7 @@ pub fn sweep(rt: &Runtime) {
         }
         if !has_record || marker.as_ref().is_some_and(|m| m.new_record) {
             // A new workload's root layers go with it (cns's own dir, by name).
-            crate::confine::rootfs::remove(&rt.store.paths, &name);
+            crate::confine::rootfs::remove(&rt.store.paths.lib, &name);
             crate::confine::cgroup::remove(&name);
             let _ = fs::remove_dir_all(&dir);
         } else {
@@ -173,6 +173,24 @@ pub fn sweep(rt: &Runtime) {
         }
     }
     sweep_staging(rt);
+    sweep_rules(rt);
+}
+
+/// nf_tables rules of workloads that no longer exist (their command died
+/// between installing them and saving or removing the record) go, and
+/// forwarding goes back to the host's value when nothing needs it. Only
+/// names this store has known (a lock file is never removed) are touched:
+/// another cns state dir on the host keeps its own. A name with a state
+/// dir is alive or being made (a restore saves its record last); a dead
+/// command's dir was removed by the loop above.
+fn sweep_rules(rt: &Runtime) {
+    let Ok(names) = cns_netns::nat::installed() else { return };
+    let ours = |n: &String| crate::workload::validate_name(n).is_ok() && rt.store.paths.lock_file(n).exists() && !rt.store.paths.workload_dir(n).exists();
+    for n in names.iter().filter(|n| ours(n)) {
+        tracing::info!(workload = %n, "removing the nf_tables rules of a workload that is gone");
+        let _ = cns_netns::nat::remove(n);
+    }
+    crate::net::settle_forwarding(rt);
 }
 
 /// A dump whose command died: keep what it committed, put back what it

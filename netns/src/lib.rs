@@ -5,6 +5,7 @@
 //! - [`lease`]: the address pool and its leases (one /30 per workload).
 
 pub mod lease;
+pub mod nat;
 mod netlink;
 pub mod nft;
 pub mod raw;

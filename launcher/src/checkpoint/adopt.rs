@@ -53,7 +53,7 @@ fn record(rt: &Runtime, name: &str, pid: i32) -> Workload {
         exit_code: None,
         log: rt.store.paths.log_file(name),
         stdio_mount: None,
-        net: NetConfig { mode: NetMode::Host, host_if: None, addrs: None, publish: vec![] },
+        net: NetConfig { mode: NetMode::Host, host_if: None, addrs: None, publish: vec![], outbound: false },
         cap_drop: vec![],
         seccomp: None,
         images: None,

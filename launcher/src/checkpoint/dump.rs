@@ -83,7 +83,7 @@ pub fn plan(rt: &Runtime, opts: &DumpOptions, w: &Workload, pid: i32) -> Result<
     o.flags = opts.flags.union(CriuFlags { tcp_established: rt.config.tcp_established, file_locks: rt.config.file_locks, ..Default::default() });
     o.external = dump_externals(w);
     crate::checkpoint::hooks::check(&opts.action_scripts)?;
-    let rootfs_upper = w.confine.rootfs.as_ref().map(|lower| crate::confine::rootfs::layers(&rt.store.paths, &w.name, lower).upper);
+    let rootfs_upper = w.confine.rootfs.as_ref().map(|lower| crate::confine::rootfs::layers(&rt.store.paths.lib, &w.name, lower).upper);
     Ok(DumpPlan { name: w.name.clone(), pid, criu, options: o, action_scripts: opts.action_scripts.clone(), rootfs_upper })
 }
 

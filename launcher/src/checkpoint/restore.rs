@@ -56,6 +56,8 @@ pub struct RestoreOptions {
     pub rootfs: Option<PathBuf>,
     /// New sources for the checkpoint's bind mounts (`SRC:DST`).
     pub binds: Vec<String>,
+    /// No outbound access for the restored workload (see `run --no-outbound`).
+    pub no_outbound: bool,
 }
 
 /// A restored, running workload.
@@ -134,13 +136,7 @@ pub fn plan(rt: &Runtime, opts: &RestoreOptions) -> Result<RestorePlan> {
     ImageDir::new(&images).validate().map_err(|e| {
         Error::new(ErrorKind::NotFound, format!("cannot restore {}: {e}", opts.name)).with_hint("dump it again, or point --images at a complete checkpoint")
     })?;
-    let mut meta = read_meta(&images)?;
-    let own = rt.store.get(&meta.workload.name).ok().and_then(|w| w.images).is_some_and(|d| same_dir(&d, &images));
-    if !own {
-        // Not a checkpoint this host's cns recorded: believe it for nothing host-facing.
-        meta.distrust(&rt.store.paths.stdio_mount())?;
-    }
-    crate::confine::override_sources(&mut meta.workload.confine, opts.rootfs.as_deref(), &opts.binds)?;
+    let meta = trusted_meta(rt, opts, &images)?;
     if meta.workload.name != opts.name && opts.as_name.is_none() && opts.images.is_some() {
         return Err(Error::invalid(
             format!("the images in {} belong to workload {}, not {}", images.display(), meta.workload.name, opts.name),
@@ -183,7 +179,33 @@ pub fn plan(rt: &Runtime, opts: &RestoreOptions) -> Result<RestorePlan> {
     }
     let lazy_dir = opts.lazy.then(|| crate::checkpoint::lazy::work_dir(&images, &new_name));
     let log = rt.store.paths.log_file(&new_name);
-    let mut o = CriuOptions::restore(&images, format!("restore-{new_name}.log"));
+    let (options, private_mounts) = criu_options(rt, opts, &meta, &images, &new_name, host_if.as_deref(), &log);
+    Ok(RestorePlan { new_name, images, meta, in_place, address, host_if, log, criu: rt.criu()?, options, pidfile: opts.pidfile.clone(), publish, action_scripts: opts.action_scripts.clone(), lazy_dir, private_mounts })
+}
+
+/// The checkpoint's metadata as this host believes it: a checkpoint this
+/// host's cns did not record is believed for nothing host-facing; the
+/// user's new mount sources and --no-outbound apply.
+fn trusted_meta(rt: &Runtime, opts: &RestoreOptions, images: &Path) -> Result<Meta> {
+    let mut meta = read_meta(images)?;
+    let own = rt.store.get(&meta.workload.name).ok().and_then(|w| w.images).is_some_and(|d| same_dir(&d, images));
+    if !own {
+        meta.distrust(&rt.store.paths.stdio_mount())?;
+        // Outbound access is this host's to give: its default.
+        meta.workload.net.outbound = meta.workload.net.mode == NetMode::Veth;
+    }
+    crate::confine::override_sources(&mut meta.workload.confine, opts.rootfs.as_deref(), &opts.binds)?;
+    if opts.no_outbound {
+        meta.workload.net.outbound = false;
+    }
+    Ok(meta)
+}
+
+/// CRIU's options, and the mounts CRIU makes in a private mount namespace
+/// of its own (a workload with a root of its own is restored into its
+/// overlay, which the host's mount table never shows).
+fn criu_options(rt: &Runtime, opts: &RestoreOptions, meta: &Meta, images: &Path, new_name: &str, host_if: Option<&str>, log: &Path) -> (CriuOptions, Vec<cns_engine::PrivateMount>) {
+    let mut o = CriuOptions::restore(images, format!("restore-{new_name}.log"));
     o.lazy_pages = opts.lazy;
     o.flags = opts.flags.union(meta.flags);
     if let Some(h) = &host_if {
@@ -192,16 +214,14 @@ pub fn plan(rt: &Runtime, opts: &RestoreOptions) -> Result<RestorePlan> {
     if meta.workload.stdio_mount.is_some() {
         o.external.push(format!("mnt[{STDIO_KEY}]:{}", log.display()));
     }
-    o.external.extend(crate::confine::restore_externals(&rt.store.paths, &meta.workload.confine));
+    o.external.extend(crate::confine::restore_externals(&rt.store.paths.lib, &meta.workload.confine));
     let mut private_mounts = vec![];
     if let Some(lower) = &meta.workload.confine.rootfs {
-        // CRIU's root is the new workload's overlay, mounted in CRIU's own
-        // private mount namespace (run_criu).
-        let l = crate::confine::rootfs::layers(&rt.store.paths, &new_name, lower);
+        let l = crate::confine::rootfs::layers(&rt.store.paths.lib, new_name, lower);
         o.root = Some(l.merged.display().to_string());
         private_mounts.push(cns_engine::PrivateMount { source: "cns-rootfs".into(), target: l.merged.clone(), fstype: "overlay".into(), data: l.data() });
     }
-    Ok(RestorePlan { new_name, images, meta, in_place, address, host_if, log, criu: rt.criu()?, options: o, pidfile: opts.pidfile.clone(), publish, action_scripts: opts.action_scripts.clone(), lazy_dir, private_mounts })
+    (o, private_mounts)
 }
 
 fn same_dir(a: &Path, b: &Path) -> bool {
@@ -253,7 +273,7 @@ pub fn execute(rt: &Runtime, plan: &RestorePlan, opts: &RestoreOptions, events: 
             rollback.run();
             recovery::end(&locked.dir);
             if !existing {
-                crate::confine::rootfs::remove(&rt.store.paths, &plan.new_name);
+                crate::confine::rootfs::remove(&rt.store.paths.lib, &plan.new_name);
                 if !plan.meta.workload.confine.limits.is_empty() {
                     crate::confine::cgroup::remove(&plan.new_name);
                 }
@@ -280,6 +300,9 @@ fn execute_locked(rt: &Runtime, plan: &RestorePlan, opts: &RestoreOptions, locke
     let mut marker = Marker::new(!existing);
     recovery::begin(&locked.dir, &marker)?;
     let net = network(rt, plan, rollback)?;
+    // A copy's rules are its own; in place, the dumped workload's are replaced.
+    rollback.rules = !plan.in_place;
+    net::install_rules(rt, &plan.new_name, &net)?;
     marker.lease = if plan.in_place { None } else { rollback.lease };
     marker.host_if = net.host_if.clone();
     marker.log = (!plan.in_place).then(|| plan.log.clone());
@@ -341,7 +364,7 @@ fn network(rt: &Runtime, plan: &RestorePlan, rollback: &mut Rollback<'_>) -> Res
             }
         }
         Address::Fresh => {
-            let p = net::NetPlan { mode: NetMode::Veth, ip: None, publish: vec![] };
+            let p = net::NetPlan { mode: NetMode::Veth, ip: None, publish: vec![], outbound: net.outbound };
             net.addrs = net::lease(rt, &plan.new_name, &p)?;
             rollback.lease = net.addrs;
         }
@@ -381,9 +404,9 @@ fn prepare_stdio(plan: &RestorePlan) -> Result<()> {
 /// whatever came after a --leave-running dump), and cns's static init.
 fn prepare_rootfs(rt: &Runtime, plan: &RestorePlan) -> Result<()> {
     let Some(lower) = &plan.meta.workload.confine.rootfs else { return Ok(()) };
-    crate::confine::rootfs::static_init(&rt.store.paths)?;
-    crate::confine::rootfs::create(&rt.store.paths, &plan.new_name)?;
-    let upper = crate::confine::rootfs::layers(&rt.store.paths, &plan.new_name, lower).upper;
+    crate::confine::rootfs::static_init(&rt.store.paths.lib)?;
+    crate::confine::rootfs::create(&rt.store.paths.lib, &plan.new_name)?;
+    let upper = crate::confine::rootfs::layers(&rt.store.paths.lib, &plan.new_name, lower).upper;
     let archive = plan.images.join(crate::confine::rootfs::UPPER_ARCHIVE);
     if !archive.is_file() {
         return Err(Error::new(ErrorKind::NotFound, format!("the checkpoint lacks {}: the changes to the workload's root", crate::confine::rootfs::UPPER_ARCHIVE))
@@ -395,7 +418,7 @@ fn prepare_rootfs(rt: &Runtime, plan: &RestorePlan) -> Result<()> {
 fn preflight_restore(rt: &Runtime, plan: &RestorePlan, opts: &RestoreOptions) -> Result<()> {
     let links = cns_netns::Netlink::new().and_then(|n| n.link_names()).unwrap_or_default();
     let host_if = if plan.in_place { None } else { plan.host_if.as_deref() };
-    let layers = plan.meta.workload.confine.rootfs.as_ref().map(|lower| crate::confine::rootfs::layers(&rt.store.paths, &plan.new_name, lower));
+    let layers = plan.meta.workload.confine.rootfs.as_ref().map(|lower| crate::confine::rootfs::layers(&rt.store.paths.lib, &plan.new_name, lower));
     let layer_paths: Vec<&Path> = layers.iter().flat_map(|l| [l.upper.as_path(), l.lower.as_path()]).collect();
     for f in preflight::check_image(&ImageDir::new(&plan.images), opts.memory_limit, host_if, &links, &layer_paths) {
         if f.severity == Severity::Blocker {

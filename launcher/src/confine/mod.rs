@@ -5,6 +5,7 @@
 
 pub mod cgroup;
 pub mod rootfs;
+pub mod user;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -12,8 +13,7 @@ use std::path::{Path, PathBuf};
 use cns_mounts::confine::{Layout, Mount};
 
 use crate::error::{Error, Result};
-use crate::workload::Paths;
-pub use crate::workload::record::Confinement;
+use serde::{Deserialize, Serialize};
 
 /// Inside a `--rootfs` workload, where its log is bind-mounted (in its own
 /// /dev tmpfs: nothing is written to the root it was given).
@@ -22,6 +22,36 @@ pub const LOG_IN_ROOTFS: &str = "/dev/.cns-log";
 pub const INIT_IN_ROOTFS: &str = "/dev/.cns-init";
 /// The key of the init's bind mount in CRIU's external-mount map.
 pub const INIT_KEY: &str = "cns-init";
+
+/// The file-system confinement of a workload: what `--rootfs`, `--bind`,
+/// `--tmpfs` and `--read-only` asked for. Dump and restore rebuild it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Confinement {
+    /// The directory its root is an overlay over (never written: changes
+    /// go to the workload's own upper layer, see paths.rs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rootfs: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mounts: Vec<cns_mounts::confine::Mount>,
+    #[serde(default)]
+    pub read_only: bool,
+    /// The user the command runs as (root when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<user::User>,
+    /// Resource limits, enforced by a cgroup of the workload's own.
+    #[serde(default, skip_serializing_if = "cgroup::Limits::is_empty")]
+    pub limits: cgroup::Limits,
+}
+
+impl Confinement {
+    /// Host paths of the bind mounts, by destination.
+    pub fn binds(&self) -> impl Iterator<Item = (&std::path::Path, &std::path::Path)> {
+        self.mounts.iter().filter_map(|m| match m {
+            cns_mounts::confine::Mount::Bind { src, dst, .. } => Some((src.as_path(), dst.as_path())),
+            _ => None,
+        })
+    }
+}
 
 /// What the user asked for, as given on the command line.
 #[derive(Debug, Clone, Default)]
@@ -74,7 +104,7 @@ pub fn check(o: &ConfineOptions) -> Result<Confinement> {
         return Err(Error::invalid("--group needs --user", "add --user UID[:GID]"));
     }
     let etc = rootfs.as_deref().unwrap_or(Path::new("/")).join("etc");
-    let user = o.user.as_deref().map(|u| crate::process::security::parse_user(u, &o.groups, &etc)).transpose()?;
+    let user = o.user.as_deref().map(|u| user::parse_user(u, &o.groups, &etc)).transpose()?;
     let limits = cgroup::parse(o.memory.as_deref(), o.pids, o.cpus.as_deref())?;
     Ok(Confinement { rootfs, mounts, read_only: o.read_only, user, limits })
 }
@@ -99,8 +129,8 @@ fn resolve_source(m: Mount) -> Result<Mount> {
 }
 
 /// The mount layout of workload `name`.
-pub fn layout(paths: &Paths, name: &str, c: &Confinement) -> Layout {
-    Layout { rootfs: c.rootfs.as_ref().map(|lower| rootfs::layers(paths, name, lower)), mounts: c.mounts.clone(), read_only: c.read_only }
+pub fn layout(lib: &Path, name: &str, c: &Confinement) -> Layout {
+    Layout { rootfs: c.rootfs.as_ref().map(|lower| rootfs::layers(lib, name, lower)), mounts: c.mounts.clone(), read_only: c.read_only }
 }
 
 /// CRIU's external-mount entries of a dump: every bind by its destination,
@@ -116,10 +146,10 @@ pub fn dump_externals(c: &Confinement) -> Vec<String> {
 /// The same at restore: each key mapped to the host path to mount (the
 /// static init is installed by the restore itself, not here: a plan
 /// changes nothing).
-pub fn restore_externals(paths: &Paths, c: &Confinement) -> Vec<String> {
+pub fn restore_externals(lib: &Path, c: &Confinement) -> Vec<String> {
     let mut v: Vec<String> = c.binds().map(|(src, dst)| format!("mnt[{}]:{}", cns_mounts::confine::bind_key(dst), src.display())).collect();
     if c.rootfs.is_some() {
-        v.push(format!("mnt[{INIT_KEY}]:{}", rootfs::static_init_path(paths).display()));
+        v.push(format!("mnt[{INIT_KEY}]:{}", rootfs::static_init_path(lib).display()));
     }
     v
 }

@@ -13,7 +13,6 @@ use std::process::Command;
 use cns_mounts::confine::Rootfs;
 
 use crate::error::{Context, Error, ErrorKind, Result};
-use crate::workload::Paths;
 
 /// The upper layer's archive in a checkpoint.
 pub const UPPER_ARCHIVE: &str = "rootfs-upper.tar";
@@ -22,16 +21,22 @@ pub const UPPER_ARCHIVE: &str = "rootfs-upper.tar";
 static STATIC_INIT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/cns-init-static"));
 
 /// The layers of workload `name` over `lower`.
-pub fn layers(paths: &Paths, name: &str, lower: &Path) -> Rootfs {
-    let d = paths.rootfs_dir(name);
+/// A workload's own layers: `upper` (its changes), `work` (overlayfs's)
+/// and `merged` (a mountpoint, used only inside private mount namespaces).
+pub fn dir(lib: &Path, name: &str) -> PathBuf {
+    lib.join("rootfs").join(name)
+}
+
+pub fn layers(lib: &Path, name: &str, lower: &Path) -> Rootfs {
+    let d = dir(lib, name);
     Rootfs { lower: lower.to_path_buf(), upper: d.join("upper"), work: d.join("work"), merged: d.join("merged") }
 }
 
 /// Creates empty layers for `name` (an old set is removed first).
-pub fn create(paths: &Paths, name: &str) -> Result<()> {
-    remove(paths, name);
-    let d = paths.rootfs_dir(name);
-    crate::files::mkdir_private(&paths.lib.join("rootfs")).with_context(|| format!("cannot create {}", paths.lib.join("rootfs").display()))?;
+pub fn create(lib: &Path, name: &str) -> Result<()> {
+    remove(lib, name);
+    let d = dir(lib, name);
+    crate::files::mkdir_private(&lib.join("rootfs")).with_context(|| format!("cannot create {}", lib.join("rootfs").display()))?;
     for sub in ["", "upper", "work", "merged"] {
         let p = d.join(sub);
         std::fs::create_dir(&p).or_else(|e| if e.kind() == std::io::ErrorKind::AlreadyExists { Ok(()) } else { Err(e) }).with_context(|| format!("cannot create {}", p.display()))?;
@@ -43,9 +48,45 @@ pub fn create(paths: &Paths, name: &str) -> Result<()> {
     Ok(())
 }
 
+/// The host's name servers a workload can reach through NAT: those of
+/// /etc/resolv.conf that are not on the host's loopback (a local stub
+/// such as systemd-resolved's 127.0.0.53 is not reachable from another
+/// network namespace), else those of systemd-resolved's upstream list.
+pub fn reachable_nameservers() -> Vec<String> {
+    let read = |p: &str| -> Vec<String> {
+        std::fs::read_to_string(p)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("nameserver"))
+            .map(|s| s.trim().to_string())
+            .filter(|s| s.parse::<std::net::IpAddr>().is_ok_and(|a| !a.is_loopback()))
+            .collect()
+    };
+    let v = read("/etc/resolv.conf");
+    if v.is_empty() { read("/run/systemd/resolve/resolv.conf") } else { v }
+}
+
+/// Gives a workload with a root of its own a resolv.conf that works
+/// inside: written into its own upper layer (so it is part of its root,
+/// carried by its checkpoints), the given root left as it is.
+pub fn seed_resolv_conf(upper: &Path) -> Result<()> {
+    let servers = reachable_nameservers();
+    if servers.is_empty() {
+        return Ok(());
+    }
+    let etc = upper.join("etc");
+    std::fs::create_dir_all(&etc).with_context(|| format!("cannot create {}", etc.display()))?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&etc, std::fs::Permissions::from_mode(0o755)).with_context(|| format!("cannot set the mode of {}", etc.display()))?;
+    let text: String = servers.iter().map(|s| format!("nameserver {s}\n")).collect();
+    let path = etc.join("resolv.conf");
+    std::fs::write(&path, format!("# written by cns: the host's name servers, reached through NAT\n{text}")).with_context(|| format!("cannot write {}", path.display()))?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).with_context(|| format!("cannot set the mode of {}", path.display()))
+}
+
 /// Removes the layers of `name` (cns's own directory; nothing else).
-pub fn remove(paths: &Paths, name: &str) {
-    let d = paths.rootfs_dir(name);
+pub fn remove(lib: &Path, name: &str) {
+    let d = dir(lib, name);
     if std::fs::symlink_metadata(&d).is_ok_and(|m| m.is_dir()) {
         if let Err(e) = std::fs::remove_dir_all(&d) {
             tracing::warn!(dir = %d.display(), error = %e, "cannot remove a workload's root layers");
@@ -81,19 +122,19 @@ pub fn extract_upper(archive: &Path, upper: &Path) -> Result<()> {
 }
 
 /// Where [`static_init`] installs the init (named by the hash of its bytes).
-pub fn static_init_path(paths: &Paths) -> PathBuf {
+pub fn static_init_path(lib: &Path) -> PathBuf {
     use blake2::Digest;
     let hash = blake2::Blake2b512::digest(STATIC_INIT);
     let hex: String = hash.iter().take(8).map(|b| format!("{b:02x}")).collect();
-    paths.lib.join("bin").join(format!("cns-init-static-{hex}"))
+    lib.join("bin").join(format!("cns-init-static-{hex}"))
 }
 
 /// The static init, installed once under the lib dir by the hash of its
 /// bytes and checked byte for byte before each use (a workload that could
 /// replace it must not get its code run as another workload's PID 1).
-pub fn static_init(paths: &Paths) -> Result<PathBuf> {
-    let path = static_init_path(paths);
-    let dir = paths.lib.join("bin");
+pub fn static_init(lib: &Path) -> Result<PathBuf> {
+    let path = static_init_path(lib);
+    let dir = lib.join("bin");
     if std::fs::read(&path).is_ok_and(|b| b == STATIC_INIT) {
         return Ok(path);
     }

@@ -19,6 +19,8 @@ pub struct NetPlan {
     pub mode: NetMode,
     pub ip: Option<LinkAddrs>,
     pub publish: Vec<Publish>,
+    /// Masquerade its traffic out of the host (veth only).
+    pub outbound: bool,
 }
 
 /// Parses `-p [HOSTIP:]HOSTPORT:PORT` (as docker spells it, TCP).
@@ -37,7 +39,7 @@ pub fn parse_publish(p: &str) -> Result<Publish> {
 }
 
 /// Validates the network options.
-pub fn plan(mode: NetMode, ip: Option<&str>, publish: &[String]) -> Result<NetPlan> {
+pub fn plan(mode: NetMode, ip: Option<&str>, publish: &[String], no_outbound: bool) -> Result<NetPlan> {
     if mode == NetMode::Host {
         return Err(Error::invalid("host networking is only for adopted trees", "use --net veth (default) or --net none"));
     }
@@ -46,7 +48,10 @@ pub fn plan(mode: NetMode, ip: Option<&str>, publish: &[String]) -> Result<NetPl
     }
     let ip = ip.map(cns_netns::lease::parse_ip).transpose().map_err(|e| Error::invalid(e.to_string(), "e.g. --ip 10.88.7.2/30"))?;
     let publish = publish.iter().map(|p| parse_publish(p)).collect::<Result<Vec<_>>>()?;
-    Ok(NetPlan { mode, ip, publish })
+    if mode == NetMode::None && no_outbound {
+        return Err(Error::invalid("--net none has no network to keep in: --no-outbound needs a veth", "drop --no-outbound"));
+    }
+    Ok(NetPlan { mode, ip, publish, outbound: mode == NetMode::Veth && !no_outbound })
 }
 
 /// Leases the workload's address (none without a veth).
@@ -135,6 +140,50 @@ pub fn delete_host_end(net: &NetConfig) {
     }
 }
 
+fn forwarding(rt: &Runtime) -> std::path::PathBuf {
+    rt.store.paths.state.join(".ip_forward")
+}
+
+/// Installs the workload's nf_tables rules in the host's netns: outbound
+/// NAT (forwarding turned on if it was off), or isolation with
+/// `--no-outbound` (see cns_netns::nat).
+pub fn install_rules(rt: &Runtime, name: &str, net: &NetConfig) -> Result<()> {
+    let Some(a) = &net.addrs else { return Ok(()) };
+    let policy = if net.outbound {
+        let saved = forwarding(rt);
+        cns_netns::nat::ForwardingGuard { saved: &saved }.need().context("cannot turn on IPv4 forwarding for the workload's outbound network")?;
+        cns_netns::nat::Policy::Outbound
+    } else {
+        cns_netns::nat::Policy::Isolated
+    };
+    cns_netns::nat::install(name, a.inner, policy)
+        .map_err(|e| Error::wrap(format!("cannot install the nf_tables rules of {name}"), e).with_hint("the kernel needs nf_tables with NAT and masquerade (CONFIG_NFT_NAT, CONFIG_NFT_MASQ)"))
+}
+
+/// Removes the workload's rules, and puts the host's forwarding setting
+/// back when no workload needs it any more.
+pub fn remove_rules(rt: &Runtime, name: &str) {
+    if let Err(e) = cns_netns::nat::remove(name) {
+        tracing::warn!(workload = name, error = %e, "cannot remove the workload's nf_tables rules");
+    }
+    settle_forwarding(rt);
+}
+
+/// Forwarding back to the host's value when no workload with outbound
+/// access keeps its rules.
+pub fn settle_forwarding(rt: &Runtime) {
+    if !forwarding(rt).exists() {
+        // cns did not change the host's setting.
+        return;
+    }
+    let installed = cns_netns::nat::installed().unwrap_or_default();
+    let in_use = rt.store.list().iter().any(|w| w.net.outbound && installed.contains(&w.name));
+    let saved = forwarding(rt);
+    if let Err(e) = (cns_netns::nat::ForwardingGuard { saved: &saved }).settle(in_use) {
+        tracing::warn!(error = %e, "cannot put IPv4 forwarding back");
+    }
+}
+
 /// Undo list for a failed run or restore.
 #[derive(Debug)]
 pub struct Rollback<'a> {
@@ -142,16 +191,21 @@ pub struct Rollback<'a> {
     name: String,
     pub lease: Option<LinkAddrs>,
     pub host_if: Option<String>,
+    /// The workload's nf_tables rules were installed.
+    pub rules: bool,
 }
 
 impl<'a> Rollback<'a> {
     pub fn new(rt: &'a Runtime, name: &str) -> Rollback<'a> {
-        Rollback { rt, name: name.to_string(), lease: None, host_if: None }
+        Rollback { rt, name: name.to_string(), lease: None, host_if: None, rules: false }
     }
 
     pub fn run(&mut self) {
         if let Some(h) = self.host_if.take() {
             delete_link(&h);
+        }
+        if std::mem::take(&mut self.rules) {
+            remove_rules(self.rt, &self.name);
         }
         if let Some(a) = self.lease.take() {
             let _ = self.rt.leases().release(&self.name, &a);

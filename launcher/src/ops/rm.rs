@@ -36,12 +36,15 @@ pub fn rm(rt: &Runtime, opts: &RmOptions) -> Result<()> {
         }
     }
     crate::net::delete_host_end(&w.net);
+    if w.net.addrs.is_some() {
+        crate::net::remove_rules(rt, &w.name);
+    }
     if let Some(a) = &w.net.addrs {
         let _ = rt.leases().release(&w.name, a);
     }
     let _ = std::fs::remove_file(&w.log);
     // Its root's own layers (its checkpoint keeps a copy of the changes).
-    crate::confine::rootfs::remove(&rt.store.paths, &w.name);
+    crate::confine::rootfs::remove(&rt.store.paths.lib, &w.name);
     if !w.confine.limits.is_empty() {
         crate::confine::cgroup::remove(&w.name);
     }

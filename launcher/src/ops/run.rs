@@ -38,6 +38,8 @@ pub struct RunOptions {
     pub pidfile: Option<PathBuf>,
     /// Root file system, bind and tmpfs mounts, read-only root.
     pub confine: crate::confine::ConfineOptions,
+    /// Keep the veth workload from reaching past the host (no NAT).
+    pub no_outbound: bool,
 }
 
 impl RunOptions {
@@ -57,6 +59,7 @@ impl RunOptions {
             detach: false,
             pidfile: None,
             confine: Default::default(),
+            no_outbound: false,
         }
     }
 }
@@ -112,7 +115,7 @@ fn check(opts: &RunOptions) -> Result<Checked> {
     if let Some(cwd) = opts.cwd.as_ref().filter(|c| !c.is_absolute()) {
         return Err(Error::invalid(format!("--cwd {} is not absolute", cwd.display()), "give an absolute path"));
     }
-    let net = net::plan(opts.net, opts.ip.as_deref(), &opts.publish)?;
+    let net = net::plan(opts.net, opts.ip.as_deref(), &opts.publish, opts.no_outbound)?;
     crate::files::check_pidfile(opts.pidfile.as_deref())?;
     let confine = crate::confine::check(&opts.confine)?;
     Ok(Checked { name, env, hostname, cap_drop, seccomp, net, confine })
@@ -128,7 +131,7 @@ pub fn run(rt: &Runtime, opts: &RunOptions) -> Result<Started> {
         Ok(s) => Ok(s),
         Err(e) => {
             rollback.run();
-            crate::confine::rootfs::remove(&rt.store.paths, &c.name);
+            crate::confine::rootfs::remove(&rt.store.paths.lib, &c.name);
             if !c.confine.limits.is_empty() {
                 crate::confine::cgroup::remove(&c.name);
             }
@@ -158,15 +161,7 @@ fn start_locked(rt: &Runtime, opts: &RunOptions, c: &Checked, locked: &Locked, r
     marker.log = Some(log.clone());
     recovery::begin(&locked.dir, &marker)?;
     crate::files::create_private_file(&log, true)?;
-    let own_root = c.confine.rootfs.is_some();
-    let stdio_mount = if own_root {
-        crate::confine::rootfs::create(&rt.store.paths, name)?;
-        PathBuf::from(crate::confine::LOG_IN_ROOTFS)
-    } else {
-        let m = rt.store.paths.stdio_mount();
-        drop(crate::files::create_private_file(&m, false)?);
-        m
-    };
+    let stdio_mount = prepare_root(rt, c)?;
     let mut w = Workload {
         name: name.clone(),
         command: opts.command.clone(),
@@ -182,7 +177,7 @@ fn start_locked(rt: &Runtime, opts: &RunOptions, c: &Checked, locked: &Locked, r
         exit_code: None,
         log: log.clone(),
         stdio_mount: Some(stdio_mount.clone()),
-        net: NetConfig { mode: c.net.mode, host_if, addrs: lease, publish: c.net.publish.clone() },
+        net: NetConfig { mode: c.net.mode, host_if, addrs: lease, publish: c.net.publish.clone(), outbound: c.net.outbound },
         cap_drop: opts.cap_drop.clone(),
         seccomp: opts.seccomp.clone(),
         images: None,
@@ -192,23 +187,9 @@ fn start_locked(rt: &Runtime, opts: &RunOptions, c: &Checked, locked: &Locked, r
         confine: c.confine.clone(),
     };
     locked.save(&w)?;
-    let spec = Spec {
-        command: opts.command.clone(),
-        env: c.env.clone(),
-        cwd: opts.cwd.clone(),
-        hostname: c.hostname.clone(),
-        log: log.clone(),
-        stdio_mount,
-        cap_drop: c.cap_drop.clone(),
-        seccomp: c.seccomp.clone(),
-        net: w.net.addrs,
-        init_binary: spawn::init_binary(&rt.store.paths.lib, &rt.store.paths.state)?,
-        masked: masked_dirs(rt)?,
-        read_only: vec![rt.store.paths.lib.join("bin"), rt.config_dir()],
-        layout: crate::confine::layout(&rt.store.paths, name, &c.confine),
-        user: c.confine.user.clone(),
-        static_init: if own_root { Some(crate::confine::rootfs::static_init(&rt.store.paths)?) } else { None },
-    };
+    rollback.rules = true;
+    net::install_rules(rt, name, &w.net)?;
+    let spec = spec(rt, opts, c, &w, stdio_mount)?;
     let (pid, monitor) = launch(rt, &spec, &w.net, &c.confine.limits, locked, opts.detach)?;
     w.mark_running(pid, monitor);
     let recorded = locked.save(&w).and_then(|()| match &opts.pidfile {
@@ -223,6 +204,46 @@ fn start_locked(rt: &Runtime, opts: &RunOptions, c: &Checked, locked: &Locked, r
     }
     recovery::end(&locked.dir);
     Ok(Started { name: name.clone(), pid, log })
+}
+
+/// Where the log is mounted inside: a workload with a root of its own
+/// gets its layers (and a resolv.conf that works) and the log in its own
+/// /dev; on the host's root, an empty file under cns's lib dir.
+fn prepare_root(rt: &Runtime, c: &Checked) -> Result<PathBuf> {
+    if c.confine.rootfs.is_none() {
+        let m = rt.store.paths.stdio_mount();
+        drop(crate::files::create_private_file(&m, false)?);
+        return Ok(m);
+    }
+    crate::confine::rootfs::create(&rt.store.paths.lib, &c.name)?;
+    if c.net.outbound {
+        crate::confine::rootfs::seed_resolv_conf(&rt.store.paths.rootfs_dir(&c.name).join("upper"))?;
+    }
+    Ok(PathBuf::from(crate::confine::LOG_IN_ROOTFS))
+}
+
+/// What the child needs to set the workload up.
+fn spec(rt: &Runtime, opts: &RunOptions, c: &Checked, w: &Workload, stdio_mount: PathBuf) -> Result<Spec> {
+    let own_root = c.confine.rootfs.is_some();
+    let name = &c.name;
+    let log = w.log.clone();
+    Ok(Spec {
+        command: opts.command.clone(),
+        env: c.env.clone(),
+        cwd: opts.cwd.clone(),
+        hostname: c.hostname.clone(),
+        log: log.clone(),
+        stdio_mount,
+        cap_drop: c.cap_drop.clone(),
+        seccomp: c.seccomp.clone(),
+        net: w.net.addrs,
+        init_binary: spawn::init_binary(&rt.store.paths.lib, &rt.store.paths.state)?,
+        masked: masked_dirs(rt)?,
+        read_only: vec![rt.store.paths.lib.join("bin"), rt.config_dir()],
+        layout: crate::confine::layout(&rt.store.paths.lib, name, &c.confine),
+        user: c.confine.user.clone(),
+        static_init: if own_root { Some(crate::confine::rootfs::static_init(&rt.store.paths.lib)?) } else { None },
+    })
 }
 
 /// cns's directories a workload must not see: the state root, the images

@@ -22,7 +22,7 @@ pub struct EnterSpec<'a> {
     /// The workload's seccomp filter.
     pub seccomp: Option<&'a seccompiler::BpfProgram>,
     /// The workload's user.
-    pub user: Option<&'a crate::process::security::User>,
+    pub user: Option<&'a crate::confine::user::User>,
     /// The workload's cgroup directories (its limits hold for what exec starts too).
     pub cgroups: Vec<std::path::PathBuf>,
     /// Set no_new_privs (the workload's command has it).

@@ -56,7 +56,7 @@ pub struct Spec {
     /// root, where cns's own binary and libc are not).
     pub static_init: Option<PathBuf>,
     /// The user CMD runs as.
-    pub user: Option<crate::process::security::User>,
+    pub user: Option<crate::confine::user::User>,
 }
 
 /// The binary the workload's init runs: a copy of this cns binary under the

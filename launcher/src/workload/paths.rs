@@ -67,7 +67,7 @@ impl Paths {
     /// (overlayfs's) and `merged` (a mountpoint, used only inside private
     /// mount namespaces).
     pub fn rootfs_dir(&self, name: &str) -> PathBuf {
-        self.lib.join("rootfs").join(name)
+        crate::confine::rootfs::dir(&self.lib, name)
     }
 
 }

@@ -129,6 +129,9 @@ pub struct NetConfig {
     /// Published ports.
     #[serde(default)]
     pub publish: Vec<Publish>,
+    /// Outbound access (NAT through the host); false: `--no-outbound`.
+    #[serde(default)]
+    pub outbound: bool,
 }
 
 /// The record of one workload.
@@ -173,37 +176,7 @@ pub struct Workload {
     pub namespaces: std::collections::BTreeMap<String, u64>,
     /// Its own root, mounts and read-only root.
     #[serde(default)]
-    pub confine: Confinement,
-}
-
-/// The file-system confinement of a workload: what `--rootfs`, `--bind`,
-/// `--tmpfs` and `--read-only` asked for. Dump and restore rebuild it.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
-pub struct Confinement {
-    /// The directory its root is an overlay over (never written: changes
-    /// go to the workload's own upper layer, see paths.rs).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rootfs: Option<PathBuf>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub mounts: Vec<cns_mounts::confine::Mount>,
-    #[serde(default)]
-    pub read_only: bool,
-    /// The user the command runs as (root when absent).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub user: Option<crate::process::security::User>,
-    /// Resource limits, enforced by a cgroup of the workload's own.
-    #[serde(default, skip_serializing_if = "crate::confine::cgroup::Limits::is_empty")]
-    pub limits: crate::confine::cgroup::Limits,
-}
-
-impl Confinement {
-    /// Host paths of the bind mounts, by destination.
-    pub fn binds(&self) -> impl Iterator<Item = (&std::path::Path, &std::path::Path)> {
-        self.mounts.iter().filter_map(|m| match m {
-            cns_mounts::confine::Mount::Bind { src, dst, .. } => Some((src.as_path(), dst.as_path())),
-            _ => None,
-        })
-    }
+    pub confine: crate::confine::Confinement,
 }
 
 impl Workload {
