@@ -40,6 +40,10 @@ pub fn parse_cap_drop(values: &[String]) -> Result<CapDrop> {
 impl CapDrop {
     /// Drops the capabilities from every set (bounding first, so they cannot come back).
     pub fn apply(&self) -> Result<(), caps::errors::CapsError> {
+        if self.caps.is_empty() {
+            // Nothing to drop: no capget/capset round trips before exec.
+            return Ok(());
+        }
         for c in &self.caps {
             if caps::has_cap(None, CapSet::Bounding, *c).unwrap_or(false) {
                 caps::drop(None, CapSet::Bounding, *c)?;

@@ -46,10 +46,18 @@ impl Locked {
         read_record(&self.record_path(), &self.name)
     }
 
-    /// Writes the record atomically (temp file + rename).
+    /// Writes the record atomically (temp file + rename). Only a record
+    /// that points at a checkpoint (dumped) is made durable with fsync: the
+    /// states of running processes do not outlive the machine anyway (and
+    /// /run is usually a tmpfs), so their transitions cost no disk flush
+    /// on the start-up path.
     pub fn save(&self, w: &Workload) -> Result<()> {
         let data = serde_json::to_vec_pretty(w)?;
-        crate::files::write_atomic(&self.record_path(), &data, 0o600)
+        if w.state == crate::workload::State::Dumped {
+            crate::files::write_atomic(&self.record_path(), &data, 0o600)
+        } else {
+            crate::files::write_transient(&self.record_path(), &data, 0o600)
+        }
     }
 }
 
