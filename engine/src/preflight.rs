@@ -96,6 +96,13 @@ pub fn fdinfo_flags(fdinfo: &str) -> Option<u32> {
 }
 
 /// Devices whose state is nothing but their path (or that CRIU handles).
+/// Whether an open fd is a device (not a regular file under /dev, such as
+/// the log of a workload with a root of its own, bind-mounted there).
+fn is_device(fd_link: &Path) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    fs::metadata(fd_link).is_ok_and(|m| m.file_type().is_char_device() || m.file_type().is_block_device())
+}
+
 fn plain_device(path: &str) -> bool {
     const PLAIN: [&str; 6] = ["/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom", "/dev/ptmx"];
     PLAIN.contains(&path) || path.starts_with("/dev/pts/") || path.starts_with("/dev/tty") || path == "/dev/console" || path.starts_with("/dev/shm/")
@@ -144,6 +151,11 @@ fn tree_tcp(diag: Option<&Diag>, inodes: &BTreeSet<u64>) -> TcpCounts {
 /// after the workload started). CRIU can neither dump nor restore them.
 pub fn vanished_mountpoints(root: i32, exists: impl Fn(&str) -> bool) -> Vec<Finding> {
     let Ok(mounts) = cns_mounts::read_mountinfo(&root.to_string()) else { return Vec::new() };
+    if mounts.iter().any(|m| m.mount_point == "/" && m.fs_type == "overlay" && m.source == "cns-rootfs") {
+        // A root of its own (cns run --rootfs): its mount points are in its
+        // own layer, not the host's tree, and nothing was inherited.
+        return Vec::new();
+    }
     mounts
         .iter()
         // Mounts on the root mount, whose directories are the host's; deeper
@@ -434,7 +446,7 @@ pub fn check_dump(root: i32, shell_job: bool, images_parent: &Path) -> DumpNeeds
                 let ends = pipes.entry(t.clone()).or_default();
                 if writes { ends.1 = true } else { ends.0 = true }
             }
-            if t.starts_with("/dev/") && !plain_device(&t) && !is_tty_path(&t) {
+            if t.starts_with("/dev/") && !plain_device(&t) && !is_tty_path(&t) && is_device(&e.path()) {
                 needs.findings.push(Finding::new(
                     Severity::Warning,
                     "device",

@@ -54,6 +54,14 @@ pub fn run_inside(root: &Process, spec: &EnterSpec<'_>) -> Result<i32> {
             Err(e) => return Err(Error::wrap(format!("cannot open {path}"), e)),
         }
     }
+    // The workload's cgroup is joined through files opened here, in the
+    // host's mount namespace (a workload with a root of its own has no
+    // /sys/fs/cgroup), by the forked child, before it execs.
+    let cgroups = spec
+        .cgroups
+        .iter()
+        .map(|d| std::fs::OpenOptions::new().write(true).open(d.join("cgroup.procs")).with_context(|| format!("cannot open the cgroup {} of {}", d.display(), spec.name)))
+        .collect::<Result<Vec<_>>>()?;
     let rootdir = std::fs::File::open(format!("/proc/{pid}/root")).with_context(|| format!("cannot open the root of {}", spec.name))?;
     let cwd = std::fs::read_link(format!("/proc/{}/cwd", spec.cwd_of.unwrap_or(pid))).unwrap_or_else(|_| "/".into());
     if root.exited() {
@@ -68,7 +76,15 @@ pub fn run_inside(root: &Process, spec: &EnterSpec<'_>) -> Result<i32> {
     // Joining a pid or time namespace applies to children: fork.
     // SAFETY: single-threaded; the child only execs or _exits.
     match unsafe { nix::unistd::fork() }? {
-        ForkResult::Child => exec_child(spec),
+        ForkResult::Child => {
+            for mut f in cgroups {
+                // "0": the writing process itself.
+                if let Err(e) = std::io::Write::write_all(&mut f, b"0") {
+                    fail("joining the workload's cgroup", e);
+                }
+            }
+            exec_child(spec)
+        }
         ForkResult::Parent { child } => Ok(crate::process::monitor::foreground_wait(child)),
     }
 }
@@ -89,12 +105,6 @@ fn exec_child(spec: &EnterSpec<'_>) -> ! {
     }
     // Only stdio crosses into the workload.
     crate::process::spawn::close_fds_from(3, true);
-    for d in &spec.cgroups {
-        // "0": the writing process itself.
-        if let Err(e) = std::fs::write(d.join("cgroup.procs"), "0") {
-            fail(&format!("joining the workload's cgroup {}", d.display()), e);
-        }
-    }
     if let Err(e) = spec.cap_drop.apply() {
         fail("dropping capabilities", e);
     }
