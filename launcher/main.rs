@@ -49,6 +49,8 @@ fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Command::Inspect(a) => cli::inspect::inspect(&rt, a),
         Command::Export(a) => cli::export::export(&rt, a, quiet),
         Command::Import(a) => cli::import::import(&rt, a, quiet),
+        Command::Migrate(a) => cli::migrate::migrate(&rt, a, quiet),
+        Command::Receive => cli::migrate::receive(&rt),
         Command::Completions(_) | Command::Man(_) | Command::Key(_) => Ok(0),
     }
 }

@@ -8,8 +8,8 @@ use common::*;
 
 use std::path::Path;
 
-const SUBCOMMANDS: [&str; 15] = [
-    "", "run", "ps", "exec", "logs", "kill", "rm", "dump", "restore", "check", "inspect", "export", "import", "key", "completions",
+const SUBCOMMANDS: [&str; 16] = [
+    "", "run", "ps", "exec", "logs", "kill", "rm", "dump", "restore", "check", "inspect", "export", "import", "migrate", "key", "completions",
 ];
 
 #[test]

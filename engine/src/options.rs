@@ -89,6 +89,9 @@ pub struct CriuOptions {
     pub pid: Option<i32>,
     /// Dump: keep the tree running.
     pub leave_running: bool,
+    /// Dump: keep the tree, stopped (SIGSTOP), with its network locked: a
+    /// migration resumes it if the destination fails, kills it if not.
+    pub leave_stopped: bool,
     /// Dump: skip connections still waiting in a listen queue.
     pub tcp_skip_in_flight: bool,
     pub flags: CriuFlags,
@@ -116,6 +119,7 @@ impl CriuOptions {
             log_file: crate::image::DUMP_LOG.into(),
             pid: Some(pid),
             leave_running: false,
+            leave_stopped: false,
             tcp_skip_in_flight: false,
             flags: CriuFlags::default(),
             external: Vec::new(),
@@ -135,6 +139,7 @@ impl CriuOptions {
             log_file: log_file.into(),
             pid: None,
             leave_running: false,
+            leave_stopped: false,
             tcp_skip_in_flight: false,
             flags: CriuFlags::default(),
             external: Vec::new(),
@@ -154,6 +159,7 @@ impl CriuOptions {
             images_dir_fd: images_dir.map_or(-1, |f| f.as_raw_fd()),
             pid: self.pid,
             leave_running: (!restore).then_some(self.leave_running),
+            leave_stopped: (!restore && self.leave_stopped).then_some(true),
             tcp_established: Some(self.flags.tcp_established),
             tcp_skip_in_flight: (!restore).then_some(self.tcp_skip_in_flight),
             ext_unix_sk: Some(self.flags.ext_unix_sk),
@@ -210,6 +216,9 @@ impl CriuOptions {
         if self.op == Operation::Dump {
             if self.leave_running {
                 v.push("--leave-running".into());
+            }
+            if self.leave_stopped {
+                v.push("--leave-stopped".into());
             }
             if self.tcp_skip_in_flight {
                 v.push("--tcp-skip-in-flight".into());

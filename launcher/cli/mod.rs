@@ -12,6 +12,7 @@ pub mod inspect;
 pub mod key;
 pub mod kill;
 pub mod logs;
+pub mod migrate;
 pub mod ps;
 pub mod render;
 pub mod restore;
@@ -134,6 +135,11 @@ pub enum Command {
     Export(ExportArgs),
     /// Unpack a checkpoint archive (from `cns export`) for `cns restore`
     Import(ImportArgs),
+    /// Move a running workload to another host over ssh
+    Migrate(MigrateArgs),
+    /// The destination side of `cns migrate` (started by it through ssh)
+    #[command(hide = true)]
+    Receive,
     /// Make and manage signing keys (minisign's format)
     #[command(subcommand)]
     Key(KeyCommand),
@@ -142,6 +148,26 @@ pub enum Command {
     /// Write man pages into a directory
     #[command(name = "__man", hide = true)]
     Man(ManArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct MigrateArgs {
+    /// The workload to move
+    pub name: String,
+    /// Where: [user@]host[:port] (an ssh destination whose cns runs `cns receive`)
+    pub dest: String,
+    /// The ssh command, with its options (split on spaces)
+    #[arg(long, default_value = "ssh", value_name = "CMD")]
+    pub ssh: String,
+    /// The cns to run on the destination
+    #[arg(long, default_value = "cns", value_name = "PATH")]
+    pub remote_cns: String,
+    /// Iterative pre-dumps while the workload runs, then the final dump (needs the
+    /// kernel's soft-dirty tracking; refused where it is missing)
+    #[arg(long)]
+    pub precopy: bool,
+    #[command(flatten)]
+    pub json: JsonArg,
 }
 
 #[derive(Debug, Args)]

@@ -25,6 +25,7 @@ pub fn restore(rt: &Runtime, a: RestoreArgs, quiet: bool) -> anyhow::Result<i32>
         rootfs: a.rootfs,
         binds: a.binds,
         no_outbound: a.no_outbound,
+        address: None,
     };
     if a.cmdline.print_criu_cmdline {
         rt.require_root()?;

@@ -10,11 +10,13 @@
 //! - [`confine`]: a root file system of its own, bind and tmpfs mounts, read-only root
 //! - [`net`]: addresses, leases, host veth names, published ports
 //! - [`checkpoint`]: dump (plan, commit), restore (plan, execute), adoption, archives
+//! - [`migrate`]: moving a live workload to another host over ssh
 //! - [`recovery`]: cleaning up after a command that died half-way
 //! - [`ops`]: the operations
 
 pub mod checkpoint;
 pub mod confine;
+pub mod migrate;
 pub mod error;
 pub mod files;
 pub mod net;

@@ -54,6 +54,10 @@ pub struct Marker {
     pub criu: Option<i32>,
     #[serde(default)]
     pub criu_start: Option<u64>,
+    /// A migration left `root` stopped for the destination: a command that
+    /// died before the destination said "running" leaves it to be resumed.
+    #[serde(default)]
+    pub resume_stopped: bool,
 }
 
 impl Marker {
@@ -159,8 +163,11 @@ pub fn sweep(rt: &Runtime) {
         if let Some(m) = &marker {
             tracing::info!(workload = %name, owner = m.owner, "cleaning up after a cns command that died half-way");
             undo(rt, &name, m);
-            if let Some(d) = &m.dump {
-                finish_dead_dump(&dir, d, m.owner);
+            match &m.dump {
+                // A migration's images are not this host's checkpoint.
+                Some(d) if m.resume_stopped => remove_migration_images(rt, &d.images),
+                Some(d) => finish_dead_dump(&dir, d, m.owner),
+                None => {}
             }
         }
         if !has_record || marker.as_ref().is_some_and(|m| m.new_record) {
@@ -191,6 +198,13 @@ fn sweep_rules(rt: &Runtime) {
         let _ = cns_netns::nat::remove(n);
     }
     crate::net::settle_forwarding(rt);
+}
+
+/// The images of a migration that died (only cns's own migration dir).
+fn remove_migration_images(rt: &Runtime, images: &Path) {
+    if images.parent() == Some(rt.store.paths.lib.join("migrate").as_path()) && fs::symlink_metadata(images).is_ok_and(|m| m.is_dir()) {
+        let _ = fs::remove_dir_all(images);
+    }
 }
 
 /// A dump whose command died: keep what it committed, put back what it
@@ -233,7 +247,12 @@ fn finish_dead_dump(dir: &Path, d: &DumpMark, owner: i32) {
 /// the host veth and log named after `name`, a lease `name` holds. A marker
 /// naming anything else (a host process, eth0, a file elsewhere) is ignored.
 fn undo(rt: &Runtime, name: &str, m: &Marker) {
-    if let Some(root) = m.root {
+    if let (true, Some(root)) = (m.resume_stopped, m.root) {
+        // A migration that died: its tree, stopped for the destination, goes on here.
+        if crate::process::Process::open(root, m.root_start).is_some() && crate::process::stat::is_namespace_init(root) {
+            crate::process::resume_stopped(root);
+        }
+    } else if let Some(root) = m.root {
         match crate::process::Process::open(root, m.root_start) {
             Some(p) if crate::process::stat::is_namespace_init(root) => {
                 p.kill_and_wait(std::time::Duration::from_secs(5));

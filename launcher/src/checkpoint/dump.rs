@@ -56,6 +56,9 @@ pub struct DumpPlan {
     /// A rootfs workload's upper layer, saved into the checkpoint while
     /// the tree is frozen.
     pub rootfs_upper: Option<PathBuf>,
+    /// A migration's dump: the tree is left stopped, and resumed by the
+    /// sweep if the command dies before the destination runs it.
+    pub migrating: bool,
 }
 
 impl DumpPlan {
@@ -84,7 +87,7 @@ pub fn plan(rt: &Runtime, opts: &DumpOptions, w: &Workload, pid: i32) -> Result<
     o.external = dump_externals(w);
     crate::checkpoint::hooks::check(&opts.action_scripts)?;
     let rootfs_upper = w.confine.rootfs.as_ref().map(|lower| crate::confine::rootfs::layers(&rt.store.paths.lib, &w.name, lower).upper);
-    Ok(DumpPlan { name: w.name.clone(), pid, criu, options: o, action_scripts: opts.action_scripts.clone(), rootfs_upper })
+    Ok(DumpPlan { name: w.name.clone(), pid, criu, options: o, action_scripts: opts.action_scripts.clone(), rootfs_upper, migrating: false })
 }
 
 /// The plan for a dump of the workload `opts.name`, for printing.
@@ -117,14 +120,33 @@ pub fn dump(rt: &Runtime, opts: &DumpOptions, events: &dyn Events) -> Result<Dum
 }
 
 /// The steps of a dump, with the workload locked.
-pub fn dump_locked(rt: &Runtime, l: &Locked, mut w: Workload, mut plan: DumpPlan, no_preflight: bool, events: &dyn Events) -> Result<DumpOutcome> {
+pub fn dump_locked(rt: &Runtime, l: &Locked, mut w: Workload, plan: DumpPlan, no_preflight: bool, events: &dyn Events) -> Result<DumpOutcome> {
+    let images = plan.options.images.clone();
+    let left_running = plan.options.leave_running || plan.options.leave_stopped;
+    let stats = dump_to(rt, l, &w, plan, no_preflight, events)?;
+    w.mark_dumped(images.clone(), left_running);
+    l.save(&w)?;
+    recovery::end(&l.dir);
+    Ok(DumpOutcome { name: w.name.clone(), images, stats })
+}
+
+/// Pre-flight, CRIU into a staging directory, the checkpoint committed at
+/// `plan.options.images` with its metadata. The record is not touched
+/// (the caller says what the dump means for it); the recovery marker is
+/// left for the caller to end.
+pub fn dump_to(rt: &Runtime, l: &Locked, w: &Workload, mut plan: DumpPlan, no_preflight: bool, events: &dyn Events) -> Result<Option<DumpStats>> {
     let images = plan.options.images.clone();
     check_destination(&images)?;
-    let memory = if no_preflight { 0 } else { preflight_dump(&mut plan, &w, events)? };
+    let memory = if no_preflight { 0 } else { preflight_dump(&mut plan, w, events)? };
     let mut staging = Staging::create(&images, &l.dir)?;
-    let meta = Meta::new(&w, &plan.criu, plan.options.flags);
+    let meta = Meta::new(w, &plan.criu, plan.options.flags);
     let mut marker = recovery::Marker::new(false);
     marker.dump = Some(recovery::DumpMark { images: images.clone(), old: None, committed: false });
+    if plan.migrating {
+        marker.resume_stopped = true;
+        marker.root = Some(plan.pid);
+        marker.root_start = crate::process::stat::process_start(plan.pid);
+    }
     if let Err(e) = recovery::begin(&l.dir, &marker) {
         staging.abandon(&rt.failed_dump_log(&w.name));
         return Err(e);
@@ -146,10 +168,7 @@ pub fn dump_locked(rt: &Runtime, l: &Locked, mut w: Workload, mut plan: DumpPlan
     let mut meta = meta;
     meta.stats = stats.clone();
     meta.write(&images)?;
-    w.mark_dumped(images.clone(), plan.options.leave_running);
-    l.save(&w)?;
-    recovery::end(&l.dir);
-    Ok(DumpOutcome { name: w.name.clone(), images, stats })
+    Ok(stats)
 }
 
 /// The checkpoint goes where nothing of anyone else's is: the destination

@@ -58,6 +58,9 @@ pub struct RestoreOptions {
     pub binds: Vec<String>,
     /// No outbound access for the restored workload (see `run --no-outbound`).
     pub no_outbound: bool,
+    /// The address to give it (a migration keeps the source's when the
+    /// destination has it free).
+    pub address: Option<LinkAddrs>,
 }
 
 /// A restored, running workload.
@@ -197,6 +200,9 @@ fn trusted_meta(rt: &Runtime, opts: &RestoreOptions, images: &Path) -> Result<Me
     crate::confine::override_sources(&mut meta.workload.confine, opts.rootfs.as_deref(), &opts.binds)?;
     if opts.no_outbound {
         meta.workload.net.outbound = false;
+    }
+    if let (Some(a), NetMode::Veth) = (opts.address, meta.workload.net.mode) {
+        meta.workload.net.addrs = Some(a);
     }
     Ok(meta)
 }

@@ -22,3 +22,18 @@ pub fn kill_started(pid: i32, start: Option<u64>) {
     handle::kill_and_wait(pid, start, std::time::Duration::from_secs(5));
     let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), Some(nix::sys::wait::WaitPidFlag::WNOHANG));
 }
+
+/// Puts a tree left stopped by the dump back to work: CRIU's network lock
+/// goes, every task gets SIGCONT.
+pub fn resume_stopped(root: i32) {
+    if let Ok(tables) = cns_netns::nft::criu_lock_tables(root) {
+        for t in tables {
+            let _ = cns_netns::nft::delete_table(Some(root), &t);
+        }
+    }
+    for p in cns_engine::preflight::tree_pids(root) {
+        // SAFETY: kill(2) with SIGCONT on the tasks of the tree cns dumped.
+        unsafe { libc::kill(p, libc::SIGCONT) };
+    }
+}
+

@@ -1,0 +1,175 @@
+//! `cns receive`: the destination of a migration, started by the source's
+//! `cns migrate` through ssh. It answers the pre-check (before the source
+//! freezes anything), receives the images into a staging directory of its
+//! own (each file's name checked, its SHA-256 compared on arrival), and
+//! restores them detached. Anything short of a running workload leaves
+//! nothing behind here, and the source resumes its own.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use sha2::Digest;
+
+use crate::checkpoint::restore::{self, RestoreOptions};
+use crate::error::{Context, Error, ErrorKind, Result};
+use crate::migrate::wire::{self, Answer, FileEnd, FileHeader, Hello, NeededFile, RestoreRequest};
+use crate::runtime::{NoEvents, Runtime};
+
+/// Serves one migration on `input`/`output` (ssh's stdin and stdout).
+pub fn receive(rt: &Runtime, input: &mut dyn Read, output: &mut dyn Write) -> Result<()> {
+    rt.require_root()?;
+    let hello: Hello = wire::expect(input, wire::HELLO).context("no migration request arrived")?;
+    let keeps_address = match precheck(rt, &hello) {
+        Ok(k) => k,
+        Err(e) => {
+            let _ = wire::send(output, wire::ANSWER, &Answer::refuse(&e));
+            return Err(e);
+        }
+    };
+    wire::send(output, wire::ANSWER, &Answer { ok: true, keeps_address, ..Default::default() }).context("the source went away")?;
+    let staging = rt.images_root().join(format!(".receive-{}-{:016x}", hello.name, crate::files::random_u64()));
+    crate::files::mkdir_private(&rt.images_root()).with_context(|| format!("cannot create {}", rt.images_root().display()))?;
+    std::fs::create_dir(&staging).with_context(|| format!("cannot create {}", staging.display()))?;
+    let result = receive_files(input, &staging).and_then(|req| restore_received(rt, &hello, &staging, &req));
+    let answer = match &result {
+        Ok(a) => a.clone(),
+        Err(e) => Answer::refuse(e),
+    };
+    if staging.exists() {
+        let _ = std::fs::remove_dir_all(&staging);
+    }
+    let _ = wire::send(output, wire::ANSWER, &answer);
+    result.map(drop)
+}
+
+/// Whether the restore will work here, asked before the source freezes.
+/// Returns whether the workload keeps its address.
+fn precheck(rt: &Runtime, h: &Hello) -> Result<bool> {
+    if h.protocol != wire::PROTOCOL {
+        return Err(Error::invalid(format!("the source speaks migration protocol {}, this cns {}", h.protocol, wire::PROTOCOL), "run the same cns version on both hosts"));
+    }
+    crate::workload::validate_name(&h.name)?;
+    if rt.store.exists(&h.name) {
+        return Err(Error::new(ErrorKind::Exists, format!("a workload named {} already exists on the destination", h.name)).with_hint(format!("remove it there (`cns rm {}`) or migrate another workload", h.name)));
+    }
+    let images = rt.images_root().join(&h.name);
+    if images.exists() {
+        return Err(Error::new(ErrorKind::Exists, format!("the destination already has a checkpoint at {}", images.display())).with_hint("remove that directory there first"));
+    }
+    if rt.config.require_signature {
+        return Err(Error::new(ErrorKind::Archive, "the destination requires signed checkpoints; a migration stream is authenticated by ssh, not signed")
+            .with_hint("set require_signature = false there, or move the workload with `cns export --sign` and `cns import`"));
+    }
+    let criu = rt.criu()?;
+    if let Some(src) = cns_engine::CriuVersion::parse_version_output(&format!("Version: {}", h.criu_version)) {
+        if criu.version < src {
+            return Err(Error::new(ErrorKind::Blocked, format!("the destination's CRIU {} is older than the source's {src}", criu.version)).with_hint("install the same CRIU on both hosts (scripts/install-criu)"));
+        }
+    }
+    let free = nix::sys::statvfs::statvfs(&rt.store.paths.lib).map(|s| s.blocks_available().saturating_mul(s.fragment_size())).unwrap_or(u64::MAX);
+    if free < h.memory_bytes + (64 << 20) {
+        return Err(Error::new(ErrorKind::Blocked, format!("the destination has {} MiB free for images of about {} MiB", free >> 20, h.memory_bytes >> 20)).with_hint("free space under /var/lib/cns there"));
+    }
+    if let Some(r) = h.rootfs.as_ref().filter(|r| !r.is_dir()) {
+        return Err(Error::new(ErrorKind::Blocked, format!("the workload's root directory {} is missing on the destination", r.display())).with_hint("copy the root file system there first (the same path)"));
+    }
+    for b in &h.binds {
+        let src = b.split(':').next().unwrap_or_default();
+        if std::fs::symlink_metadata(src).is_err() {
+            return Err(Error::new(ErrorKind::Blocked, format!("the bind source {src} is missing on the destination")).with_hint("create it there first"));
+        }
+    }
+    if h.rootfs.is_none() {
+        missing_file(&h.files)?;
+    }
+    Ok(h.address.is_some_and(|a| rt.leases().holder(&a).is_none()))
+}
+
+/// The first executable or library the image maps that this host lacks or
+/// has at another size (CRIU would refuse to restore it).
+fn missing_file(files: &[NeededFile]) -> Result<()> {
+    for f in files {
+        match std::fs::metadata(&f.path) {
+            Ok(m) if m.len() == f.size => {}
+            Ok(m) => {
+                return Err(Error::new(ErrorKind::Blocked, format!("{} is {} bytes on the destination, {} on the source", f.path, m.len(), f.size))
+                    .with_hint("install the same version of it on both hosts"));
+            }
+            Err(_) => return Err(Error::new(ErrorKind::Blocked, format!("{} is missing on the destination", f.path)).with_hint("install it there (the same version as on the source)")),
+        }
+    }
+    Ok(())
+}
+
+/// Image names are single plain components (CRIU's image directory is flat).
+fn check_name(n: &str) -> Result<()> {
+    let ok = !n.is_empty() && n.len() <= 255 && !n.starts_with('.') && !n.contains('/') && !n.contains('\0');
+    if ok { Ok(()) } else { Err(Error::new(ErrorKind::Archive, format!("the source sent a file named {n:?}, which is not an image name"))) }
+}
+
+/// Receives files until the restore request.
+fn receive_files(input: &mut dyn Read, dir: &Path) -> Result<RestoreRequest> {
+    use std::os::unix::fs::OpenOptionsExt;
+    loop {
+        let Some((kind, payload)) = wire::read_frame(input).context("the connection to the source broke")? else {
+            return Err(Error::new(ErrorKind::System, "the source closed the connection before the images were complete"));
+        };
+        match kind {
+            wire::RESTORE => return serde_json::from_slice(&payload).map_err(|e| Error::new(ErrorKind::Archive, format!("a bad restore request: {e}"))),
+            wire::FILE => {}
+            k => return Err(Error::new(ErrorKind::Archive, format!("unexpected frame '{}' from the source", k as char))),
+        }
+        let h: FileHeader = serde_json::from_slice(&payload).map_err(|e| Error::new(ErrorKind::Archive, format!("a bad file header: {e}")))?;
+        check_name(&h.name)?;
+        let path = dir.join(&h.name);
+        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).custom_flags(libc::O_NOFOLLOW).mode(0o600).open(&path).with_context(|| format!("cannot create {}", path.display()))?;
+        let mut hash = sha2::Sha256::new();
+        let mut got = 0u64;
+        while got < h.size {
+            match wire::read_frame(input).context("the connection to the source broke")? {
+                Some((wire::DATA, b)) if got + b.len() as u64 <= h.size => {
+                    hash.update(&b);
+                    f.write_all(&b).with_context(|| format!("cannot write {}", path.display()))?;
+                    got += b.len() as u64;
+                }
+                Some(_) => return Err(Error::new(ErrorKind::Archive, format!("{} does not arrive as the {} bytes announced", h.name, h.size))),
+                None => return Err(Error::new(ErrorKind::System, format!("the connection ended inside {}", h.name))),
+            }
+        }
+        let end: FileEnd = wire::expect(input, wire::FILE_END).context("the connection to the source broke")?;
+        let sum: String = hash.finalize().iter().map(|b| format!("{b:02x}")).collect();
+        if sum != end.sha256 {
+            return Err(Error::new(ErrorKind::Archive, format!("{} arrived altered (SHA-256 {sum}, sent {})", h.name, end.sha256)));
+        }
+    }
+}
+
+/// The received checkpoint becomes `images/NAME` and is restored detached.
+fn restore_received(rt: &Runtime, h: &Hello, staging: &Path, req: &RestoreRequest) -> Result<Answer> {
+    let meta = crate::checkpoint::meta::read_meta(staging)?;
+    if meta.workload.name != h.name {
+        return Err(Error::new(ErrorKind::Archive, format!("the images are of workload {}, not {}", meta.workload.name, h.name)));
+    }
+    let images: PathBuf = rt.images_root().join(&h.name);
+    std::fs::rename(staging, &images).with_context(|| format!("cannot move the images to {}", images.display()))?;
+    let opts = RestoreOptions {
+        name: h.name.clone(),
+        images: Some(images.clone()),
+        detach: true,
+        publish: h.publish.clone(),
+        rootfs: h.rootfs.clone(),
+        binds: h.binds.clone(),
+        address: if req.keep_address { h.address } else { None },
+        ..Default::default()
+    };
+    match restore::restore(rt, &opts, &NoEvents) {
+        Ok(r) => {
+            let ip = rt.store.get(&r.name).ok().and_then(|w| w.net.addrs).map(|a| a.inner.to_string());
+            Ok(Answer { ok: true, pid: Some(r.pid), ip, ..Default::default() })
+        }
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&images);
+            Err(e)
+        }
+    }
+}

@@ -1,0 +1,357 @@
+//! `cns migrate NAME DEST`: the source side. In order:
+//!
+//! 1. ask the destination (`cns receive` through ssh) whether the restore
+//!    will work there: CRIU, name, disk, files, root and bind sources,
+//!    signature policy, address. A refusal stops nothing here.
+//! 2. dump with the tree left *stopped* (CRIU's --leave-stopped; its
+//!    network stays locked), into a directory of this migration's own;
+//! 3. stream the images (each file's SHA-256 checked on arrival) and ask
+//!    for the restore;
+//! 4. the destination says the workload runs: the stopped tree is killed
+//!    and the workload removed here. Anything else, at any step: the tree
+//!    is resumed here (network unlocked, SIGCONT), its record untouched.
+
+use std::io::{BufReader, BufWriter, Read};
+use std::sync::{Arc, Mutex};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use sha2::Digest;
+
+use crate::checkpoint::dump::{self, DumpOptions};
+use crate::error::{Context, Error, ErrorKind, Result};
+use crate::migrate::wire::{self, Answer, FileEnd, FileHeader, Hello, NeededFile, RestoreRequest};
+use crate::runtime::{Events, Runtime};
+use crate::workload::NetMode;
+
+/// How long the destination may take to answer the pre-check, and to
+/// report the restore once every image is there.
+const PRECHECK_LIMIT: Duration = Duration::from_secs(60);
+const RESTORE_LIMIT: Duration = Duration::from_secs(600);
+
+/// What to move where.
+#[derive(Debug, Clone)]
+pub struct MigrateOptions {
+    pub name: String,
+    /// `[user@]host[:port]`.
+    pub dest: String,
+    /// The ssh command and its options (default `ssh`).
+    pub ssh: Vec<String>,
+    /// The cns to run on the destination (default `cns`, from its PATH).
+    pub remote_cns: String,
+    /// Iterative pre-dumps before the final one (needs soft-dirty tracking).
+    pub precopy: bool,
+}
+
+/// How it went.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct MigrateReport {
+    pub name: String,
+    pub dest: String,
+    pub total_ms: u64,
+    /// From the freeze to the destination's "running": the downtime.
+    pub frozen_ms: u64,
+    pub bytes: u64,
+    pub files: usize,
+    pub dest_pid: Option<i32>,
+    pub dest_ip: Option<String>,
+}
+
+/// A parsed `[user@]host[:port]`. Nothing in it can be taken by ssh as an
+/// option.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dest {
+    pub user: Option<String>,
+    pub host: String,
+    pub port: Option<u16>,
+}
+
+pub fn parse_dest(s: &str) -> Result<Dest> {
+    let bad = || Error::invalid(format!("invalid destination {s:?}"), "give [user@]host[:port], e.g. root@10.0.0.2 or backup-host:2222");
+    let (user, rest) = match s.split_once('@') {
+        Some((u, r)) => (Some(u), r),
+        None => (None, s),
+    };
+    let (host, port) = match rest.rsplit_once(':') {
+        Some((h, p)) => (h, Some(p.parse::<u16>().ok().filter(|p| *p != 0).ok_or_else(bad)?)),
+        None => (rest, None),
+    };
+    let host_ok = !host.is_empty() && !host.starts_with('-') && host.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-' || b == b'_');
+    let user_ok = user.is_none_or(|u| !u.is_empty() && !u.starts_with('-') && u.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-' || b == b'_'));
+    if !host_ok || !user_ok {
+        return Err(bad());
+    }
+    Ok(Dest { user: user.map(str::to_string), host: host.to_string(), port })
+}
+
+/// The ssh transport: `ssh [opts] [-p PORT] -- [user@]host CNS receive`.
+struct Transport {
+    child: Child,
+    out: BufWriter<std::process::ChildStdin>,
+    inp: BufReader<std::process::ChildStdout>,
+    /// What ssh (and the remote cns) said on stderr, kept for errors.
+    stderr: Arc<Mutex<String>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Transport {
+    fn open(opts: &MigrateOptions, d: &Dest) -> Result<Transport> {
+        let (prog, args) = opts.ssh.split_first().ok_or_else(|| Error::invalid("--ssh is empty", "give the ssh command, e.g. --ssh 'ssh -i KEY'"))?;
+        let mut cmd = Command::new(prog);
+        // No prompt can wait for a person; a dead link is noticed within 15 s.
+        cmd.args(args).args(["-o", "BatchMode=yes", "-o", "ServerAliveInterval=5", "-o", "ServerAliveCountMax=3"]);
+        if let Some(p) = d.port {
+            cmd.arg("-p").arg(p.to_string());
+        }
+        let target = match &d.user {
+            Some(u) => format!("{u}@{}", d.host),
+            None => d.host.clone(),
+        };
+        cmd.arg("--").arg(target).arg(&opts.remote_cns).arg("receive");
+        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = cmd.spawn().map_err(|e| Error::wrap(format!("cannot run {prog}"), e).with_hint("install OpenSSH's client, or give --ssh"))?;
+        let (Some(i), Some(o), Some(mut e)) = (child.stdin.take(), child.stdout.take(), child.stderr.take()) else { return Err(Error::msg("ssh has no pipes")) };
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let keep = Arc::clone(&stderr);
+        let reader = std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = e.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                if let Ok(mut s) = keep.lock() {
+                    if s.len() < 64 << 10 {
+                        s.push_str(&String::from_utf8_lossy(&buf[..n]));
+                    }
+                }
+            }
+        });
+        Ok(Transport { child, out: BufWriter::with_capacity(wire::CHUNK + 16, i), inp: BufReader::new(o), stderr, reader: Some(reader) })
+    }
+
+    /// ssh's own last words, for an error message.
+    fn why(&mut self) -> String {
+        // ssh's last words arrive as it exits.
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < deadline && self.child.try_wait().ok().flatten().is_none() {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if self.child.try_wait().ok().flatten().is_some() {
+            // Exited: its stderr is closed, the reader has all of it.
+            if let Some(r) = self.reader.take() {
+                let _ = r.join();
+            }
+        }
+        let text = self.stderr.lock().map(|s| s.clone()).unwrap_or_default();
+        // The remote cns's own error line, without its prefix (and its hint line skipped).
+        let lines: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with("hint:")).collect();
+        lines.last().map(|l| l.trim_start_matches("cns: ").to_string()).unwrap_or_else(|| "the connection closed".into())
+    }
+
+    /// Waits until the destination has said something, at most `limit`:
+    /// the source never waits forever, least of all with its tree stopped.
+    fn answer(&mut self, limit: Duration, what: &str) -> Result<Answer> {
+        use std::io::BufRead;
+        use std::os::fd::AsFd;
+        let deadline = Instant::now() + limit;
+        while self.inp.buffer().is_empty() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(Error::new(ErrorKind::System, format!("{what}: no answer within {} s", limit.as_secs())).with_hint("see the destination's load and its `cns receive`; the workload runs on here"));
+            }
+            let fd = self.inp.get_ref().as_fd();
+            let mut p = [nix::poll::PollFd::new(fd, nix::poll::PollFlags::POLLIN)];
+            let ms = nix::poll::PollTimeout::try_from(left.as_millis().min(1000) as i32).unwrap_or(nix::poll::PollTimeout::MAX);
+            match nix::poll::poll(&mut p, ms) {
+                Ok(0) | Err(nix::Error::EINTR) => continue,
+                Ok(_) => {
+                    if self.inp.fill_buf().map(|b| b.is_empty()).unwrap_or(true) {
+                        return Err(self.broken(what));
+                    }
+                }
+                Err(_) => return Err(self.broken(what)),
+            }
+        }
+        wire::expect(&mut self.inp, wire::ANSWER).map_err(|_| self.broken(what))
+    }
+
+    fn broken(&mut self, what: &str) -> Error {
+        Error::new(ErrorKind::System, format!("{what}: {}", self.why()))
+            .with_hint("the workload runs on here; check the link and that `ssh DEST cns receive` works there (keys, cns on its PATH or --remote-cns)")
+    }
+}
+
+impl Drop for Transport {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The regular files the tree maps (executables, libraries), with sizes:
+/// the destination checks it has the same ones.
+fn needed_files(pids: &[i32]) -> Vec<NeededFile> {
+    let mut seen = std::collections::BTreeSet::new();
+    for pid in pids {
+        let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
+        for l in maps.lines() {
+            let Some(p) = l.split_whitespace().nth(5).filter(|p| p.starts_with('/')) else { continue };
+            if l.ends_with("(deleted)") || p.starts_with("/dev/") || p.starts_with("/memfd:") {
+                continue;
+            }
+            if let Ok(m) = std::fs::metadata(format!("/proc/{pid}/root{p}")) {
+                if m.is_file() {
+                    seen.insert(NeededFile { path: p.to_string(), size: m.len() });
+                }
+            }
+        }
+    }
+    seen.into_iter().collect()
+}
+
+/// Resident memory of the tree, in bytes.
+fn resident(pids: &[i32]) -> u64 {
+    pids.iter()
+        .filter_map(|p| std::fs::read_to_string(format!("/proc/{p}/status")).ok())
+        .filter_map(|s| s.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok()))
+        .sum::<u64>()
+        * 1024
+}
+
+/// Moves the workload. See the module comment for the order and what a
+/// failure leaves.
+pub fn migrate(rt: &Runtime, opts: &MigrateOptions, events: &dyn Events) -> Result<MigrateReport> {
+    rt.require_root()?;
+    let dest = parse_dest(&opts.dest)?;
+    if opts.precopy {
+        precopy_supported(rt)?;
+    }
+    let start = Instant::now();
+    let l = rt.store.try_lock(&opts.name)?;
+    let w = l.load()?;
+    let pid = w.running_pid()?;
+    if w.adopted || w.net.mode == NetMode::Host {
+        return Err(Error::invalid("an adopted host tree lives in the host's own namespaces and cannot move", "dump it and restore it on this host"));
+    }
+    if crate::checkpoint::lazy::pending(&l.dir).is_some() {
+        return Err(Error::new(ErrorKind::State, format!("workload {} is still receiving its memory from a lazy restore", w.name)).with_hint("wait until its memory is in, then migrate"));
+    }
+    let pids = cns_engine::preflight::tree_pids(pid);
+    let hello = Hello {
+        protocol: wire::PROTOCOL,
+        name: w.name.clone(),
+        criu_version: rt.criu()?.version.to_string(),
+        memory_bytes: resident(&pids),
+        files: needed_files(&pids),
+        address: w.net.addrs,
+        publish: w.net.publish.iter().map(|p| p.to_string()).collect(),
+        rootfs: w.confine.rootfs.clone(),
+        binds: w.confine.binds().map(|(s, d)| format!("{}:{}", s.display(), d.display())).collect(),
+    };
+    events.stage("migrating", &format!("asking {} whether it can restore {}", opts.dest, w.name));
+    let mut t = Transport::open(opts, &dest)?;
+    if wire::send(&mut t.out, wire::HELLO, &hello).is_err() {
+        return Err(t.broken("cannot reach the destination"));
+    }
+    let answer = t.answer(PRECHECK_LIMIT, "the destination did not answer")?;
+    if !answer.ok {
+        return Err(Error::new(ErrorKind::Blocked, format!("{} refuses {}: {}", opts.dest, w.name, answer.message)).with_hint(answer.hint));
+    }
+    // 2. The dump: the tree stays, stopped, until the destination says.
+    let work = rt.store.paths.lib.join("migrate");
+    crate::files::mkdir_private(&work).with_context(|| format!("cannot create {}", work.display()))?;
+    let images = work.join(format!("{}-{:016x}", w.name, crate::files::random_u64()));
+    let plan_opts = DumpOptions { name: w.name.clone(), images: Some(images.clone()), ..Default::default() };
+    let mut plan = dump::plan(rt, &plan_opts, &w, pid)?;
+    plan.options.leave_stopped = true;
+    plan.migrating = true;
+    let frozen = Instant::now();
+    // dump_to leaves its recovery marker (resume the tree, drop these
+    // images) until the destination has answered.
+    let dumped = dump::dump_to(rt, &l, &w, plan, false, events);
+    if let Err(e) = dumped {
+        let _ = std::fs::remove_dir_all(&images);
+        crate::process::resume_stopped(pid);
+        crate::recovery::end(&l.dir);
+        return Err(e);
+    }
+    // 3 and 4.
+    let moved = send_images(&mut t, &images, answer.keeps_address, events);
+    let _ = std::fs::remove_dir_all(&images);
+    let (bytes, files, done) = match moved {
+        Ok(v) => v,
+        Err(e) => {
+            crate::process::resume_stopped(pid);
+            crate::recovery::end(&l.dir);
+            return Err(e);
+        }
+    };
+    let frozen_ms = frozen.elapsed().as_millis() as u64;
+    let name = w.name.clone();
+    drop(l);
+    // The workload runs there: the stopped tree goes, and its record here.
+    crate::process::handle::kill_and_wait(pid, w.pid_start, Duration::from_secs(10));
+    crate::recovery::end(&rt.store.paths.workload_dir(&name));
+    crate::ops::rm::rm(rt, &crate::ops::rm::RmOptions { name: name.clone(), force: true, keep_images: false })
+        .with_context(|| format!("{name} runs on {} now, but removing it here failed", opts.dest))?;
+    Ok(MigrateReport { name, dest: opts.dest.clone(), total_ms: start.elapsed().as_millis() as u64, frozen_ms, bytes, files, dest_pid: done.pid, dest_ip: done.ip })
+}
+
+/// Streams every image file, then asks for the restore. Returns the bytes
+/// and files sent and the destination's answer, which must be "running".
+fn send_images(t: &mut Transport, images: &Path, keep_address: bool, events: &dyn Events) -> Result<(u64, usize, Answer)> {
+    let mut names: Vec<PathBuf> = std::fs::read_dir(images).with_context(|| format!("cannot read {}", images.display()))?.flatten().map(|e| e.path()).filter(|p| p.is_file()).collect();
+    names.sort();
+    let total: u64 = names.iter().filter_map(|p| p.metadata().ok()).map(|m| m.len()).sum();
+    let mut sent = 0u64;
+    let mut buf = vec![0u8; wire::CHUNK];
+    for p in &names {
+        let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let mut f = std::fs::File::open(p).with_context(|| format!("cannot open {}", p.display()))?;
+        let size = f.metadata().map(|m| m.len()).unwrap_or(0);
+        if wire::send(&mut t.out, wire::FILE, &FileHeader { name: name.clone(), size }).is_err() {
+            return Err(t.broken("the connection to the destination broke"));
+        }
+        let mut hash = sha2::Sha256::new();
+        let mut left = size;
+        while left > 0 {
+            let n = f.read(&mut buf[..wire::CHUNK.min(left as usize)]).with_context(|| format!("cannot read {}", p.display()))?;
+            if n == 0 {
+                return Err(Error::new(ErrorKind::System, format!("{} shrank while being sent", p.display())));
+            }
+            hash.update(&buf[..n]);
+            if wire::write_frame(&mut t.out, wire::DATA, &buf[..n]).is_err() {
+                return Err(t.broken("the connection to the destination broke"));
+            }
+            left -= n as u64;
+            sent += n as u64;
+        }
+        let sha256: String = hash.finalize().iter().map(|b| format!("{b:02x}")).collect();
+        if wire::send(&mut t.out, wire::FILE_END, &FileEnd { sha256 }).is_err() {
+            return Err(t.broken("the connection to the destination broke"));
+        }
+        events.stage("migrating", &format!("sent {} of {} MiB", sent >> 20, total >> 20));
+    }
+    if wire::send(&mut t.out, wire::RESTORE, &RestoreRequest { keep_address }).is_err() {
+        return Err(t.broken("the connection to the destination broke"));
+    }
+    events.stage("migrating", "the destination is restoring");
+    let done = t.answer(RESTORE_LIMIT, "the destination did not report the restore")?;
+    events.done();
+    if !done.ok {
+        return Err(Error::new(ErrorKind::Criu, format!("the destination could not restore: {}", done.message)).with_hint(if done.hint.is_empty() { "the workload runs on here; see the destination's cns logs".into() } else { done.hint.clone() }));
+    }
+    Ok((sent, names.len(), done))
+}
+
+/// Pre-copy needs the kernel's soft-dirty tracking, which CRIU reports.
+fn precopy_supported(rt: &Runtime) -> Result<()> {
+    let criu = rt.criu()?;
+    let ok = Command::new(&criu.path).args(["check", "--feature", "mem_dirty_track"]).stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success());
+    if !ok {
+        return Err(Error::new(ErrorKind::Blocked, "--precopy needs the kernel's soft-dirty memory tracking, which this kernel lacks (CRIU: mem_dirty_track)")
+            .with_hint("migrate without --precopy (stop-and-copy), or use a kernel built with CONFIG_MEM_SOFT_DIRTY"));
+    }
+    Err(Error::new(ErrorKind::Invalid, "--precopy is not implemented by this cns yet, though this kernel could track dirty memory").with_hint("migrate without --precopy"))
+}

@@ -1,0 +1,246 @@
+//! `cns migrate` between two "hosts" on this machine: the destination is a
+//! network namespace of its own, joined to this one by a veth, with its own
+//! sshd (started here, throwaway keys) whose one key runs `cns receive`
+//! with the destination's own state and lib directories. Everything is
+//! removed at the end.
+
+mod common;
+use common::*;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+struct DestHost {
+    ns: String,
+    host_if: String,
+    addr: String,
+    dir: tempfile::TempDir,
+    sshd: Child,
+}
+
+impl DestHost {
+    /// `forced` wraps the receiving command (e.g. to cut the link after N bytes).
+    fn start(tag: &str, forced: impl Fn(&str) -> String) -> DestHost {
+        let id = std::process::id();
+        let ns = format!("cnsm{id}{tag}");
+        let host_if = format!("cm{}{tag}", id % 100_000);
+        let third = (id % 250) as u8;
+        let fourth = match tag { "a" => 0, "b" => 4, "c" => 8, "d" => 12, _ => 16 };
+        let (host_ip, addr) = (format!("10.204.{third}.{}", fourth + 1), format!("10.204.{third}.{}", fourth + 2));
+        let dir = tempfile::tempdir().expect("dir");
+        let d = dir.path();
+        for sub in ["state", "lib"] {
+            std::fs::create_dir_all(d.join(sub)).expect("mkdir");
+        }
+        let keygen = |f: &str| assert!(Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-f"]).arg(d.join(f)).status().expect("ssh-keygen").success());
+        keygen("hostkey");
+        keygen("clientkey");
+        let receive = format!("env CNS_STATE_DIR={0}/state CNS_LIB_DIR={0}/lib {1} receive", d.display(), cns_bin().display());
+        let pubkey = std::fs::read_to_string(d.join("clientkey.pub")).expect("pub");
+        std::fs::write(d.join("authorized_keys"), format!("command=\"{}\",no-pty,no-port-forwarding,no-agent-forwarding,no-X11-forwarding {pubkey}", forced(&receive))).expect("keys");
+        std::fs::write(
+            d.join("sshd_config"),
+            format!(
+                "ListenAddress {addr}\nHostKey {0}/hostkey\nPidFile {0}/sshd.pid\nAuthorizedKeysFile {0}/authorized_keys\nPermitRootLogin prohibit-password\nStrictModes no\nUsePAM no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n",
+                d.display()
+            ),
+        )
+        .expect("config");
+        let ip = |args: &[&str]| {
+            let out = Command::new("ip").args(args).output().expect("ip");
+            assert!(out.status.success(), "ip {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        };
+        ip(&["netns", "add", &ns]);
+        ip(&["link", "add", &host_if, "type", "veth", "peer", "name", "eth0", "netns", &ns]);
+        ip(&["addr", "add", &format!("{host_ip}/30"), "dev", &host_if]);
+        ip(&["link", "set", &host_if, "up"]);
+        ip(&["-n", &ns, "addr", "add", &format!("{addr}/30"), "dev", "eth0"]);
+        ip(&["-n", &ns, "link", "set", "eth0", "up"]);
+        ip(&["-n", &ns, "link", "set", "lo", "up"]);
+        // sshd's privilege-separation directory (Debian's package makes it at boot).
+        std::fs::create_dir_all("/run/sshd").expect("/run/sshd");
+        let sshd = Command::new("ip")
+            .args(["netns", "exec", &ns, "/usr/sbin/sshd", "-D", "-f"])
+            .arg(d.join("sshd_config"))
+            .arg("-E")
+            .arg(d.join("sshd.log"))
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("sshd (scripts/setup installs openssh-server)");
+        let host = DestHost { ns, host_if, addr, dir, sshd };
+        let target = format!("{}:22", host.addr);
+        wait_for("the destination's sshd", 20, || std::net::TcpStream::connect(&target).is_ok());
+        host
+    }
+
+    fn ssh(&self) -> String {
+        format!("ssh -i {} -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR", self.dir.path().join("clientkey").display())
+    }
+
+    fn dest(&self) -> String {
+        format!("root@{}", self.addr)
+    }
+
+    /// cns on the destination (its namespace, its state).
+    fn cns(&self, args: &[&str]) -> std::process::Output {
+        let d = self.dir.path();
+        Command::new("ip")
+            .args(["netns", "exec", &self.ns])
+            .arg(cns_bin())
+            .args(args)
+            .env("CNS_STATE_DIR", d.join("state"))
+            .env("CNS_LIB_DIR", d.join("lib"))
+            .output()
+            .expect("cns there")
+    }
+
+    fn ps(&self, name: &str) -> Option<serde_json::Value> {
+        let out = self.cns(&["ps", "--json"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("ps json");
+        v.as_array()?.iter().find(|e| e["name"] == name).cloned()
+    }
+
+    fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.lib().join("logs").join(format!("{name}.log"))).unwrap_or_default()
+    }
+
+    fn lib(&self) -> PathBuf {
+        self.dir.path().join("lib")
+    }
+}
+
+impl Drop for DestHost {
+    fn drop(&mut self) {
+        let out = self.cns(&["ps", "--json"]);
+        if let Ok(serde_json::Value::Array(ws)) = serde_json::from_slice::<serde_json::Value>(&out.stdout) {
+            for w in ws {
+                if let Some(n) = w["name"].as_str() {
+                    let _ = self.cns(&["rm", "-f", n]);
+                }
+            }
+        }
+        let _ = self.sshd.kill();
+        let _ = self.sshd.wait();
+        let _ = Command::new("ip").args(["link", "del", &self.host_if]).output();
+        let _ = Command::new("ip").args(["netns", "del", &self.ns]).output();
+    }
+}
+
+fn migrate(n: &str, host: &DestHost) -> std::process::Output {
+    cns(&["migrate", n, &host.dest(), "--ssh", &host.ssh()])
+}
+
+fn numbers(log: &str) -> Vec<u64> {
+    log.lines().filter_map(|l| l.trim().parse().ok()).collect()
+}
+
+#[test]
+fn a_counter_moves_and_continues_and_nothing_of_it_stays_here() {
+    let host = DestHost::start("a", |r| r.to_string());
+    let n = name("mig");
+    let _c = Cleanup(vec![n.clone()]);
+    start_counter(&n);
+    let ip = ps_entry(&n).expect("ps")["ip"].as_str().expect("ip").to_string();
+    let host_if = ps_entry(&n).expect("ps")["host_if"].as_str().expect("host_if").to_string();
+    let out = migrate(&n, &host);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "migrate failed: {}{text}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.starts_with(&format!("migrated {n} to {}", host.dest())) && text.contains("frozen"), "{text}");
+    // Here: no record, no veth, no lease, no images.
+    assert!(ps_entry(&n).is_none(), "the source kept a record");
+    assert!(links_named(&host_if).is_empty(), "the source kept its veth");
+    assert!(!lease_held(&n));
+    assert!(!Path::new(&format!("/var/lib/cns/images/{n}")).exists());
+    // There: running, same address, counting on from the source's value.
+    let there = host.ps(&n).expect("the destination has no record");
+    assert_eq!(there["state"], "running");
+    assert_eq!(there["ip"].as_str(), Some(ip.as_str()), "the address was free there and should be kept");
+    let source_last = last_count(&n);
+    assert!(source_last.is_none(), "the source's log went with its record");
+    wait_for("the moved counter", 20, || numbers(&host.log(&n)).len() >= 3);
+    let moved = numbers(&host.log(&n));
+    assert!(moved[0] > 3, "the counter restarted from scratch: {moved:?}");
+    assert!(moved.windows(2).all(|w| w[1] == w[0] + 1), "{moved:?}");
+}
+
+#[test]
+fn a_tcp_server_moves_and_answers_on_the_destination() {
+    let host = DestHost::start("b", |r| r.to_string());
+    let n = name("migtcp");
+    let _c = Cleanup(vec![n.clone()]);
+    let server = "import socketserver\nclass H(socketserver.StreamRequestHandler):\n    def handle(self): self.wfile.write(b'hello from the workload\\n')\nsocketserver.TCPServer(('', 7000), H).serve_forever()\n";
+    ok(&["run", "-d", "--name", &n, "--", "/usr/bin/python3", "-c", server]);
+    let ip = ps_entry(&n).expect("ps")["ip"].as_str().expect("ip").to_string();
+    let ask = format!("import socket; print(socket.create_connection(('{ip}', 7000), timeout=2).recv(100).decode().strip())");
+    wait_for("the server", 20, || Command::new("/usr/bin/python3").args(["-c", &ask]).output().is_ok_and(|o| o.status.success()));
+    let out = migrate(&n, &host);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let there = Command::new("ip").args(["netns", "exec", &host.ns, "/usr/bin/python3", "-c", &ask]).output().expect("ask there");
+    assert_eq!(String::from_utf8_lossy(&there.stdout).trim(), "hello from the workload", "{}", String::from_utf8_lossy(&there.stderr));
+}
+
+#[test]
+fn a_destination_that_refuses_stops_nothing_here() {
+    let host = DestHost::start("c", |r| r.to_string());
+    let n = name("migno");
+    let _c = Cleanup(vec![n.clone()]);
+    start_counter(&n);
+    // The destination already has a workload of that name.
+    let taken = host.cns(&["run", "-d", "--name", &n, "--net", "none", "--", "sleep", "1000"]);
+    assert!(taken.status.success(), "{}", String::from_utf8_lossy(&taken.stderr));
+    let pid = pid_of(&n);
+    let out = migrate(&n, &host);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.starts_with(&format!("cns: {} refuses {n}: a workload named {n} already exists on the destination", host.dest())), "{err}");
+    assert_eq!(pid_of(&n), pid);
+    let k = last_count(&n).expect("count");
+    wait_for("the counter to go on here", 20, || last_count(&n).is_some_and(|c| c > k + 2));
+}
+
+#[test]
+fn a_link_cut_mid_transfer_leaves_the_workload_running_here() {
+    // The destination's side of the link ends after 30 000 bytes: past the
+    // pre-check, inside the images.
+    let host = DestHost::start("d", |r| format!("stdbuf -o0 head -c 30000 | {r}"));
+    let n = name("migcut");
+    let _c = Cleanup(vec![n.clone()]);
+    start_counter(&n);
+    let pid = pid_of(&n);
+    let out = migrate(&n, &host);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a cut link reported success");
+    assert!(err.starts_with("cns: the connection to the destination broke") || err.starts_with("cns: the destination did not report the restore"), "{err}");
+    assert!(err.contains("hint: the workload runs on here"), "{err}");
+    // Running (not stopped), counting, its record as before.
+    assert_eq!(pid_of(&n), pid);
+    assert_eq!(state_of(&n), "running");
+    let k = last_count(&n).expect("count");
+    wait_for("the counter to go on here", 20, || last_count(&n).is_some_and(|c| c > k + 2));
+    let stat = std::fs::read_to_string(format!("/proc/{}/task/{}/children", pid, pid)).expect("children");
+    let child = stat.split_whitespace().next().expect("the command");
+    let status = std::fs::read_to_string(format!("/proc/{child}/status")).expect("status");
+    assert!(!status.lines().any(|l| l.starts_with("State:") && l.contains("stopped")), "{status}");
+    // Nothing of it is left there, nor here.
+    assert!(host.ps(&n).is_none());
+    let left: Vec<_> = std::fs::read_dir(host.lib().join("images")).map(|d| d.flatten().map(|e| e.file_name()).collect()).unwrap_or_default();
+    assert!(left.is_empty(), "the destination kept {left:?}");
+    assert!(std::fs::read_dir("/var/lib/cns/migrate").map(|d| d.flatten().all(|e| !e.file_name().to_string_lossy().starts_with(&n))).unwrap_or(true));
+}
+
+#[test]
+fn precopy_is_refused_in_one_sentence_where_the_kernel_cannot_track_dirty_memory() {
+    let n = name("migpre");
+    let _c = Cleanup(vec![n.clone()]);
+    start_counter(&n);
+    let soft_dirty = Command::new(criu()).args(["check", "--feature", "mem_dirty_track"]).output().is_ok_and(|o| o.status.success());
+    let e = fails(&["migrate", &n, "root@10.204.255.254", "--precopy"]);
+    if soft_dirty {
+        assert!(e.starts_with("cns: --precopy is not implemented by this cns yet"), "{e}");
+    } else {
+        assert!(e.starts_with("cns: --precopy needs the kernel's soft-dirty memory tracking, which this kernel lacks"), "{e}");
+    }
+    assert_eq!(state_of(&n), "running");
+    let e = fails(&["migrate", &n, "--", "-oProxyCommand=touch /tmp/pwned"]);
+    assert!(e.contains("invalid destination"), "{e}");
+}
