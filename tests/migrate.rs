@@ -210,7 +210,9 @@ fn a_link_cut_mid_transfer_leaves_the_workload_running_here() {
     let out = migrate(&n, &host);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "a cut link reported success");
-    assert!(err.starts_with("cns: the connection to the destination broke") || err.starts_with("cns: the destination did not report the restore"), "{err}");
+    // The cut falls inside the pages, which stream to the destination's
+    // page server while CRIU dumps.
+    assert!(err.starts_with("cns: the migration's dump failed: "), "{err}");
     assert!(err.contains("hint: the workload runs on here"), "{err}");
     // Running (not stopped), counting, its record as before.
     assert_eq!(pid_of(&n), pid);

@@ -108,6 +108,10 @@ pub struct CriuOptions {
     pub ghost_limit: Option<u32>,
     /// Restore: memory is served on demand by a lazy-pages daemon (`--lazy-pages`).
     pub lazy_pages: bool,
+    /// Dump: send the pages to a page server over this already connected
+    /// socket (an fd handed to swrk at its own number) instead of writing
+    /// them into the image directory.
+    pub page_server_fd: Option<i32>,
 }
 
 impl CriuOptions {
@@ -128,6 +132,7 @@ impl CriuOptions {
             notify: true,
             ghost_limit: None,
             lazy_pages: false,
+            page_server_fd: None,
         }
     }
 
@@ -148,6 +153,7 @@ impl CriuOptions {
             notify: true,
             ghost_limit: None,
             lazy_pages: false,
+            page_server_fd: None,
         }
     }
 
@@ -169,6 +175,7 @@ impl CriuOptions {
             evasive_devices: Some(self.flags.evasive_devices),
             ghost_limit: self.ghost_limit,
             lazy_pages: self.lazy_pages.then_some(true),
+            ps: self.page_server_fd.filter(|_| !restore).map(|fd| crate::proto::CriuPageServerInfo { fd: Some(fd), ..Default::default() }),
             log_level: Some(LOG_LEVEL),
             log_file: Some(self.log_file.clone()),
             work_dir_fd: work_dir.map(|f| f.as_raw_fd()),
@@ -219,6 +226,9 @@ impl CriuOptions {
             }
             if self.leave_stopped {
                 v.push("--leave-stopped".into());
+            }
+            if let Some(fd) = self.page_server_fd {
+                v.extend(["--page-server".into(), "--ps-socket".into(), fd.to_string()]);
             }
             if self.tcp_skip_in_flight {
                 v.push("--tcp-skip-in-flight".into());

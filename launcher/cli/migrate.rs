@@ -39,9 +39,7 @@ pub fn migrate(rt: &Runtime, a: MigrateArgs, quiet: bool) -> anyhow::Result<i32>
 pub fn receive(rt: &Runtime) -> anyhow::Result<i32> {
     ignore_sigpipe();
     let stdin = std::io::stdin();
-    let stdout = std::io::stdout();
     let mut input = std::io::BufReader::with_capacity(1 << 20, stdin.lock());
-    let mut output = stdout.lock();
-    migrate::receive(rt, &mut input, &mut output)?;
+    migrate::receive(rt, &mut input, Box::new(std::io::stdout()))?;
     Ok(0)
 }

@@ -59,6 +59,8 @@ pub struct DumpPlan {
     /// A migration's dump: the tree is left stopped, and resumed by the
     /// sweep if the command dies before the destination runs it.
     pub migrating: bool,
+    /// fds CRIU inherits at their own numbers (a migration's page-server socket).
+    pub inherit: Vec<std::os::fd::RawFd>,
 }
 
 impl DumpPlan {
@@ -87,7 +89,7 @@ pub fn plan(rt: &Runtime, opts: &DumpOptions, w: &Workload, pid: i32) -> Result<
     o.external = dump_externals(w);
     crate::checkpoint::hooks::check(&opts.action_scripts)?;
     let rootfs_upper = w.confine.rootfs.as_ref().map(|lower| crate::confine::rootfs::layers(&rt.store.paths.lib, &w.name, lower).upper);
-    Ok(DumpPlan { name: w.name.clone(), pid, criu, options: o, action_scripts: opts.action_scripts.clone(), rootfs_upper, migrating: false })
+    Ok(DumpPlan { name: w.name.clone(), pid, criu, options: o, action_scripts: opts.action_scripts.clone(), rootfs_upper, migrating: false, inherit: vec![] })
 }
 
 /// The plan for a dump of the workload `opts.name`, for printing.
@@ -230,7 +232,7 @@ fn run_criu(plan: &DumpPlan, staging: &mut Staging, meta: &Meta, state_dir: &Pat
     let what = format!("dumping {}", plan.name);
     events.stage(&what, &format!("freezing the tree (pid {})", plan.pid));
     let dir = open_dir(&staging.dir).map_err(|e| cns_engine::RpcError::Protocol { op: "DUMP", what: e.one_line() })?;
-    let swrk = Swrk::start(&plan.criu.path, &[], criu_stderr(&staging.dir, "criu-stderr.log"))?;
+    let swrk = Swrk::start(&plan.criu.path, &plan.inherit, criu_stderr(&staging.dir, "criu-stderr.log"))?;
     recovery::set_criu(state_dir, swrk.pid() as i32);
     let dirs = Dirs { images: Some(dir.as_fd()), work: Some(dir.as_fd()) };
     swrk.dump(&plan.options, dirs, &mut |n: &Notify| {

@@ -6,7 +6,9 @@
 //! nothing behind here, and the source resumes its own.
 
 use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use sha2::Digest;
 
@@ -15,22 +17,35 @@ use crate::error::{Context, Error, ErrorKind, Result};
 use crate::migrate::wire::{self, Answer, FileEnd, FileHeader, Hello, NeededFile, RestoreRequest};
 use crate::runtime::{NoEvents, Runtime};
 
+/// ssh's stdout, shared with the page server's pump.
+type Out = Arc<Mutex<Box<dyn Write + Send>>>;
+
+fn say<T: serde::Serialize>(out: &Out, kind: u8, msg: &T) -> Result<()> {
+    let mut w = out.lock().map_err(|_| Error::msg("the output lock is poisoned"))?;
+    wire::send(&mut *w, kind, msg).context("the source went away")
+}
+
 /// Serves one migration on `input`/`output` (ssh's stdin and stdout).
-pub fn receive(rt: &Runtime, input: &mut dyn Read, output: &mut dyn Write) -> Result<()> {
+pub fn receive(rt: &Runtime, input: &mut dyn Read, output: Box<dyn Write + Send>) -> Result<()> {
     rt.require_root()?;
+    let output: Out = Arc::new(Mutex::new(output));
     let hello: Hello = wire::expect(input, wire::HELLO).context("no migration request arrived")?;
     let keeps_address = match precheck(rt, &hello) {
         Ok(k) => k,
         Err(e) => {
-            let _ = wire::send(output, wire::ANSWER, &Answer::refuse(&e));
+            let _ = say(&output, wire::ANSWER, &Answer::refuse(&e));
             return Err(e);
         }
     };
-    wire::send(output, wire::ANSWER, &Answer { ok: true, keeps_address, ..Default::default() }).context("the source went away")?;
+    say(&output, wire::ANSWER, &Answer { ok: true, keeps_address, ..Default::default() })?;
     let staging = rt.images_root().join(format!(".receive-{}-{:016x}", hello.name, crate::files::random_u64()));
     crate::files::mkdir_private(&rt.images_root()).with_context(|| format!("cannot create {}", rt.images_root().display()))?;
     std::fs::create_dir(&staging).with_context(|| format!("cannot create {}", staging.display()))?;
-    let result = receive_files(input, &staging).and_then(|req| restore_received(rt, &hello, &staging, &req));
+    let mut ps: Option<PageServer> = None;
+    let result = receive_files(rt, input, &staging, &output, &mut ps).and_then(|req| restore_received(rt, &hello, &staging, &req));
+    if let Some(p) = ps {
+        p.stop();
+    }
     let answer = match &result {
         Ok(a) => a.clone(),
         Err(e) => Answer::refuse(e),
@@ -38,7 +53,7 @@ pub fn receive(rt: &Runtime, input: &mut dyn Read, output: &mut dyn Write) -> Re
     if staging.exists() {
         let _ = std::fs::remove_dir_all(&staging);
     }
-    let _ = wire::send(output, wire::ANSWER, &answer);
+    let _ = say(&output, wire::ANSWER, &answer);
     result.map(drop)
 }
 
@@ -107,15 +122,102 @@ fn check_name(n: &str) -> Result<()> {
     if ok { Ok(()) } else { Err(Error::new(ErrorKind::Archive, format!("the source sent a file named {n:?}, which is not an image name"))) }
 }
 
-/// Receives files until the restore request.
-fn receive_files(input: &mut dyn Read, dir: &Path) -> Result<RestoreRequest> {
+/// A `criu page-server` receiving the dump's pages into the staging
+/// directory over a socket whose other end this process feeds from the
+/// channel (PAGES frames in, PAGES_BACK frames out).
+struct PageServer {
+    /// Reaped by the pump (waitpid), never by this handle.
+    _child: std::process::Child,
+    sock: UnixStream,
+    pump: Option<std::thread::JoinHandle<()>>,
+}
+
+impl PageServer {
+    fn start(rt: &Runtime, dir: &Path, out: &Out) -> Result<PageServer> {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::process::CommandExt;
+        let criu = rt.criu()?;
+        let (theirs, ours) = UnixStream::pair().context("cannot make a socket pair")?;
+        let fd = theirs.as_raw_fd();
+        let mut cmd = std::process::Command::new(&criu.path);
+        cmd.args(["page-server", "--ps-socket", &fd.to_string(), "-o", "page-server.log", "-v4", "-D"]).arg(dir);
+        cmd.stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+        // SAFETY: fcntl(2) on an fd that stays open in the parent until the child has exec'd.
+        unsafe {
+            cmd.pre_exec(move || if libc::fcntl(fd, libc::F_SETFD, 0) < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) });
+        }
+        let child = cmd.spawn().map_err(|e| Error::wrap(format!("cannot run {} page-server", criu.path.display()), e))?;
+        drop(theirs);
+        let mut from = ours.try_clone().context("cannot clone a socket")?;
+        let out = Arc::clone(out);
+        let wait_for = child.id();
+        let pump = std::thread::spawn(move || {
+            let mut buf = vec![0u8; 256 << 10];
+            while let Ok(n) = from.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                let Ok(mut w) = out.lock() else { return };
+                if wire::write_frame(&mut *w, wire::PAGES_BACK, &buf[..n]).and_then(|()| w.flush()).is_err() {
+                    return;
+                }
+            }
+            // Its socket closed: it has every page, or it failed.
+            let status = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(wait_for as i32), None);
+            let ok = matches!(status, Ok(nix::sys::wait::WaitStatus::Exited(_, 0)));
+            let end = wire::PageServerEnd { ok, message: if ok { String::new() } else { format!("criu page-server ended with {status:?} (see page-server.log)") } };
+            if let Ok(mut w) = out.lock() {
+                let _ = wire::send(&mut *w, wire::PAGES_DONE, &end);
+            }
+        });
+        Ok(PageServer { _child: child, sock: ours, pump: Some(pump) })
+    }
+
+    /// Ends the page server (its socket closes, so it exits) and waits for
+    /// the pump, which reaps it.
+    fn stop(mut self) {
+        let _ = self.sock.shutdown(std::net::Shutdown::Both);
+        if let Some(p) = self.pump.take() {
+            let _ = p.join();
+        }
+    }
+}
+
+/// Receives pages and files until the restore request.
+fn receive_files(rt: &Runtime, input: &mut dyn Read, dir: &Path, out: &Out, ps: &mut Option<PageServer>) -> Result<RestoreRequest> {
     use std::os::unix::fs::OpenOptionsExt;
     loop {
         let Some((kind, payload)) = wire::read_frame(input).context("the connection to the source broke")? else {
             return Err(Error::new(ErrorKind::System, "the source closed the connection before the images were complete"));
         };
         match kind {
-            wire::RESTORE => return serde_json::from_slice(&payload).map_err(|e| Error::new(ErrorKind::Archive, format!("a bad restore request: {e}"))),
+            wire::RESTORE => {
+                // Every page is in once the page server has ended.
+                if let Some(mut p) = ps.take() {
+                    if let Some(pump) = p.pump.take() {
+                        let _ = pump.join();
+                    }
+                }
+                return serde_json::from_slice(&payload).map_err(|e| Error::new(ErrorKind::Archive, format!("a bad restore request: {e}")));
+            }
+            wire::PAGE_SERVER if ps.is_none() => {
+                match PageServer::start(rt, dir, out) {
+                    Ok(p) => {
+                        *ps = Some(p);
+                        say(out, wire::ANSWER, &Answer { ok: true, ..Default::default() })?;
+                    }
+                    Err(e) => {
+                        say(out, wire::ANSWER, &Answer::refuse(&e))?;
+                        return Err(e);
+                    }
+                }
+                continue;
+            }
+            wire::PAGES => {
+                let Some(p) = ps.as_mut() else { return Err(Error::new(ErrorKind::Archive, "pages arrived without a page server")) };
+                p.sock.write_all(&payload).context("the page server went away")?;
+                continue;
+            }
             wire::FILE => {}
             k => return Err(Error::new(ErrorKind::Archive, format!("unexpected frame '{}' from the source", k as char))),
         }

@@ -12,6 +12,7 @@
 //!    is resumed here (network unlocked, SIGCONT), its record untouched.
 
 use std::io::{BufReader, BufWriter, Read};
+use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -88,8 +89,10 @@ pub fn parse_dest(s: &str) -> Result<Dest> {
 /// The ssh transport: `ssh [opts] [-p PORT] -- [user@]host CNS receive`.
 struct Transport {
     child: Child,
-    out: BufWriter<std::process::ChildStdin>,
-    inp: BufReader<std::process::ChildStdout>,
+    /// Shared with the page-server pump while CRIU dumps.
+    out: Arc<Mutex<BufWriter<std::process::ChildStdin>>>,
+    /// Lent to the page-server pump while CRIU dumps.
+    inp: Option<BufReader<std::process::ChildStdout>>,
     /// What ssh (and the remote cns) said on stderr, kept for errors.
     stderr: Arc<Mutex<String>>,
     reader: Option<std::thread::JoinHandle<()>>,
@@ -127,7 +130,7 @@ impl Transport {
                 }
             }
         });
-        Ok(Transport { child, out: BufWriter::with_capacity(wire::CHUNK + 16, i), inp: BufReader::new(o), stderr, reader: Some(reader) })
+        Ok(Transport { child, out: Arc::new(Mutex::new(BufWriter::with_capacity(wire::CHUNK + 16, i))), inp: Some(BufReader::new(o)), stderr, reader: Some(reader) })
     }
 
     /// ssh's own last words, for an error message.
@@ -149,31 +152,50 @@ impl Transport {
         lines.last().map(|l| l.trim_start_matches("cns: ").to_string()).unwrap_or_else(|| "the connection closed".into())
     }
 
+    /// Sends one control message (flushed).
+    fn send<T: serde::Serialize>(&mut self, kind: u8, msg: &T) -> Result<()> {
+        let r = match self.out.lock() {
+            Ok(mut w) => wire::send(&mut *w, kind, msg),
+            Err(_) => Err(std::io::Error::other("poisoned")),
+        };
+        r.map_err(|_| self.broken("the connection to the destination broke"))
+    }
+
+    /// Sends one data frame (not flushed).
+    fn data(&mut self, bytes: &[u8]) -> Result<()> {
+        let r = match self.out.lock() {
+            Ok(mut w) => wire::write_frame(&mut *w, wire::DATA, bytes),
+            Err(_) => Err(std::io::Error::other("poisoned")),
+        };
+        r.map_err(|_| self.broken("the connection to the destination broke"))
+    }
+
     /// Waits until the destination has said something, at most `limit`:
     /// the source never waits forever, least of all with its tree stopped.
     fn answer(&mut self, limit: Duration, what: &str) -> Result<Answer> {
         use std::io::BufRead;
         use std::os::fd::AsFd;
         let deadline = Instant::now() + limit;
-        while self.inp.buffer().is_empty() {
+        let Some(inp) = self.inp.as_mut() else { return Err(Error::msg("the connection is lent to the page server")) };
+        while inp.buffer().is_empty() {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return Err(Error::new(ErrorKind::System, format!("{what}: no answer within {} s", limit.as_secs())).with_hint("see the destination's load and its `cns receive`; the workload runs on here"));
             }
-            let fd = self.inp.get_ref().as_fd();
+            let fd = inp.get_ref().as_fd();
             let mut p = [nix::poll::PollFd::new(fd, nix::poll::PollFlags::POLLIN)];
             let ms = nix::poll::PollTimeout::try_from(left.as_millis().min(1000) as i32).unwrap_or(nix::poll::PollTimeout::MAX);
-            match nix::poll::poll(&mut p, ms) {
+            let ready = match nix::poll::poll(&mut p, ms) {
                 Ok(0) | Err(nix::Error::EINTR) => continue,
-                Ok(_) => {
-                    if self.inp.fill_buf().map(|b| b.is_empty()).unwrap_or(true) {
-                        return Err(self.broken(what));
-                    }
-                }
-                Err(_) => return Err(self.broken(what)),
+                Ok(_) => !inp.fill_buf().map(|b| b.is_empty()).unwrap_or(true),
+                Err(_) => false,
+            };
+            if !ready {
+                return Err(self.broken(what));
             }
         }
-        wire::expect(&mut self.inp, wire::ANSWER).map_err(|_| self.broken(what))
+        let r = wire::expect(inp, wire::ANSWER);
+        r.map_err(|_| self.broken(what))
     }
 
     fn broken(&mut self, what: &str) -> Error {
@@ -237,23 +259,10 @@ pub fn migrate(rt: &Runtime, opts: &MigrateOptions, events: &dyn Events) -> Resu
     if crate::checkpoint::lazy::pending(&l.dir).is_some() {
         return Err(Error::new(ErrorKind::State, format!("workload {} is still receiving its memory from a lazy restore", w.name)).with_hint("wait until its memory is in, then migrate"));
     }
-    let pids = cns_engine::preflight::tree_pids(pid);
-    let hello = Hello {
-        protocol: wire::PROTOCOL,
-        name: w.name.clone(),
-        criu_version: rt.criu()?.version.to_string(),
-        memory_bytes: resident(&pids),
-        files: needed_files(&pids),
-        address: w.net.addrs,
-        publish: w.net.publish.iter().map(|p| p.to_string()).collect(),
-        rootfs: w.confine.rootfs.clone(),
-        binds: w.confine.binds().map(|(s, d)| format!("{}:{}", s.display(), d.display())).collect(),
-    };
+    let hello = hello_for(rt, &w, pid)?;
     events.stage("migrating", &format!("asking {} whether it can restore {}", opts.dest, w.name));
     let mut t = Transport::open(opts, &dest)?;
-    if wire::send(&mut t.out, wire::HELLO, &hello).is_err() {
-        return Err(t.broken("cannot reach the destination"));
-    }
+    t.send(wire::HELLO, &hello).map_err(|_| t.broken("cannot reach the destination"))?;
     let answer = t.answer(PRECHECK_LIMIT, "the destination did not answer")?;
     if !answer.ok {
         return Err(Error::new(ErrorKind::Blocked, format!("{} refuses {}: {}", opts.dest, w.name, answer.message)).with_hint(answer.hint));
@@ -262,15 +271,8 @@ pub fn migrate(rt: &Runtime, opts: &MigrateOptions, events: &dyn Events) -> Resu
     let work = rt.store.paths.lib.join("migrate");
     crate::files::mkdir_private(&work).with_context(|| format!("cannot create {}", work.display()))?;
     let images = work.join(format!("{}-{:016x}", w.name, crate::files::random_u64()));
-    let plan_opts = DumpOptions { name: w.name.clone(), images: Some(images.clone()), ..Default::default() };
-    let mut plan = dump::plan(rt, &plan_opts, &w, pid)?;
-    plan.options.leave_stopped = true;
-    plan.migrating = true;
     let frozen = Instant::now();
-    // dump_to leaves its recovery marker (resume the tree, drop these
-    // images) until the destination has answered.
-    let dumped = dump::dump_to(rt, &l, &w, plan, false, events);
-    if let Err(e) = dumped {
+    if let Err(e) = dump_streaming(rt, &l, &w, pid, &mut t, &images, opts, events) {
         let _ = std::fs::remove_dir_all(&images);
         crate::process::resume_stopped(pid);
         crate::recovery::end(&l.dir);
@@ -298,6 +300,118 @@ pub fn migrate(rt: &Runtime, opts: &MigrateOptions, events: &dyn Events) -> Resu
     Ok(MigrateReport { name, dest: opts.dest.clone(), total_ms: start.elapsed().as_millis() as u64, frozen_ms, bytes, files, dest_pid: done.pid, dest_ip: done.ip })
 }
 
+/// What the destination needs to know before anything is frozen.
+fn hello_for(rt: &Runtime, w: &crate::workload::Workload, pid: i32) -> Result<Hello> {
+    let pids = cns_engine::preflight::tree_pids(pid);
+    Ok(Hello {
+        protocol: wire::PROTOCOL,
+        name: w.name.clone(),
+        criu_version: rt.criu()?.version.to_string(),
+        memory_bytes: resident(&pids),
+        files: needed_files(&pids),
+        address: w.net.addrs,
+        publish: w.net.publish.iter().map(|p| p.to_string()).collect(),
+        rootfs: w.confine.rootfs.clone(),
+        binds: w.confine.binds().map(|(s, d)| format!("{}:{}", s.display(), d.display())).collect(),
+    })
+}
+
+/// The dump, the tree left stopped, its pages streamed to a page server
+/// on the destination through the channel (no copy of the memory is
+/// written here); the other images go into `images`. dump_to leaves its
+/// recovery marker (resume the tree, drop these images) for the caller.
+#[allow(clippy::too_many_arguments)]
+fn dump_streaming(rt: &Runtime, l: &crate::workload::Locked, w: &crate::workload::Workload, pid: i32, t: &mut Transport, images: &Path, opts: &MigrateOptions, events: &dyn Events) -> Result<()> {
+    let plan_opts = DumpOptions { name: w.name.clone(), images: Some(images.to_path_buf()), ..Default::default() };
+    let mut plan = dump::plan(rt, &plan_opts, w, pid)?;
+    plan.options.leave_stopped = true;
+    plan.migrating = true;
+    t.send(wire::PAGE_SERVER, &())?;
+    let ps = t.answer(PRECHECK_LIMIT, "the destination did not start its page server")?;
+    if !ps.ok {
+        return Err(Error::new(ErrorKind::Criu, format!("the destination could not start a page server: {}", ps.message)).with_hint(ps.hint));
+    }
+    let (criu_end, ours) = std::os::unix::net::UnixStream::pair().context("cannot make a socket pair")?;
+    plan.options.page_server_fd = Some(criu_end.as_raw_fd());
+    plan.inherit = vec![criu_end.as_raw_fd()];
+    let pump = PagePump::start(t, ours)?;
+    let dumped = dump::dump_to(rt, l, w, plan, false, events);
+    drop(criu_end);
+    match dumped {
+        Ok(_) => pump.finish(t),
+        // CRIU's pages go through the channel: a dump that fails here is
+        // most often the link failing under it.
+        Err(e) => Err(Error::new(e.kind(), format!("the migration's dump failed: {}", e.one_line()))
+            .with_hint(format!("the workload runs on here; the link to {}: {}", opts.dest, t.why()))),
+    }
+}
+
+/// CRIU's page-server connection, carried over the channel while CRIU
+/// dumps: what CRIU writes goes out as PAGES frames, PAGES_BACK frames come
+/// back into its socket, until the destination says its page server ended.
+struct PagePump {
+    up: std::thread::JoinHandle<()>,
+    down: std::sync::mpsc::Receiver<(BufReader<std::process::ChildStdout>, std::result::Result<wire::PageServerEnd, String>)>,
+}
+
+impl PagePump {
+    fn start(t: &mut Transport, ours: std::os::unix::net::UnixStream) -> Result<PagePump> {
+        let mut from_criu = ours.try_clone().context("cannot clone a socket")?;
+        let mut to_criu = ours;
+        let out = Arc::clone(&t.out);
+        let up = std::thread::spawn(move || {
+            let mut buf = vec![0u8; 256 << 10];
+            while let Ok(n) = from_criu.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                let Ok(mut w) = out.lock() else { break };
+                if wire::write_frame(&mut *w, wire::PAGES, &buf[..n]).and_then(|()| std::io::Write::flush(&mut *w)).is_err() {
+                    // The channel is gone: CRIU must not wait on this socket.
+                    let _ = from_criu.shutdown(std::net::Shutdown::Both);
+                    break;
+                }
+            }
+        });
+        let mut inp = t.inp.take().ok_or_else(|| Error::msg("the connection is already lent"))?;
+        let (tx, down) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let end = loop {
+                match wire::read_frame(&mut inp) {
+                    Ok(Some((wire::PAGES_BACK, b))) => {
+                        if std::io::Write::write_all(&mut to_criu, &b).is_err() {
+                            break Err("CRIU's end of the page-server connection closed".to_string());
+                        }
+                    }
+                    Ok(Some((wire::PAGES_DONE, b))) => break serde_json::from_slice(&b).map_err(|e| e.to_string()),
+                    Ok(Some((k, _))) => break Err(format!("unexpected frame '{}' during the dump", k as char)),
+                    Ok(None) => break Err("the connection closed during the dump".to_string()),
+                    Err(e) => break Err(e.to_string()),
+                }
+            };
+            // The page server has ended (or the channel broke): CRIU has
+            // every answer it will get, and any further wait on this socket
+            // ends with an end of file instead of lasting forever with the
+            // tree frozen.
+            let _ = to_criu.shutdown(std::net::Shutdown::Both);
+            let _ = tx.send((inp, end));
+        });
+        Ok(PagePump { up, down })
+    }
+
+    /// After the dump: the destination's page server has every page.
+    fn finish(self, t: &mut Transport) -> Result<()> {
+        let _ = self.up.join();
+        let (inp, end) = self.down.recv_timeout(PRECHECK_LIMIT).map_err(|_| t.broken("the destination's page server did not finish"))?;
+        t.inp = Some(inp);
+        match end {
+            Ok(e) if e.ok => Ok(()),
+            Ok(e) => Err(Error::new(ErrorKind::Criu, format!("the destination's page server failed: {}", e.message)).with_hint("the workload runs on here")),
+            Err(m) => Err(Error::new(ErrorKind::System, format!("the page-server connection broke: {m}")).with_hint("the workload runs on here")),
+        }
+    }
+}
+
 /// Streams every image file, then asks for the restore. Returns the bytes
 /// and files sent and the destination's answer, which must be "running".
 fn send_images(t: &mut Transport, images: &Path, keep_address: bool, events: &dyn Events) -> Result<(u64, usize, Answer)> {
@@ -310,9 +424,7 @@ fn send_images(t: &mut Transport, images: &Path, keep_address: bool, events: &dy
         let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let mut f = std::fs::File::open(p).with_context(|| format!("cannot open {}", p.display()))?;
         let size = f.metadata().map(|m| m.len()).unwrap_or(0);
-        if wire::send(&mut t.out, wire::FILE, &FileHeader { name: name.clone(), size }).is_err() {
-            return Err(t.broken("the connection to the destination broke"));
-        }
+        t.send(wire::FILE, &FileHeader { name: name.clone(), size })?;
         let mut hash = sha2::Sha256::new();
         let mut left = size;
         while left > 0 {
@@ -321,21 +433,15 @@ fn send_images(t: &mut Transport, images: &Path, keep_address: bool, events: &dy
                 return Err(Error::new(ErrorKind::System, format!("{} shrank while being sent", p.display())));
             }
             hash.update(&buf[..n]);
-            if wire::write_frame(&mut t.out, wire::DATA, &buf[..n]).is_err() {
-                return Err(t.broken("the connection to the destination broke"));
-            }
+            t.data(&buf[..n])?;
             left -= n as u64;
             sent += n as u64;
         }
         let sha256: String = hash.finalize().iter().map(|b| format!("{b:02x}")).collect();
-        if wire::send(&mut t.out, wire::FILE_END, &FileEnd { sha256 }).is_err() {
-            return Err(t.broken("the connection to the destination broke"));
-        }
+        t.send(wire::FILE_END, &FileEnd { sha256 })?;
         events.stage("migrating", &format!("sent {} of {} MiB", sent >> 20, total >> 20));
     }
-    if wire::send(&mut t.out, wire::RESTORE, &RestoreRequest { keep_address }).is_err() {
-        return Err(t.broken("the connection to the destination broke"));
-    }
+    t.send(wire::RESTORE, &RestoreRequest { keep_address })?;
     events.stage("migrating", "the destination is restoring");
     let done = t.answer(RESTORE_LIMIT, "the destination did not report the restore")?;
     events.done();

@@ -24,6 +24,13 @@ pub const FILE: u8 = b'F';
 pub const DATA: u8 = b'D';
 pub const FILE_END: u8 = b'E';
 pub const RESTORE: u8 = b'S';
+/// Source -> destination: start a page server for the coming dump.
+pub const PAGE_SERVER: u8 = b'G';
+/// Page-server traffic: CRIU's dump to the page server (`P`) and back (`p`).
+pub const PAGES: u8 = b'P';
+pub const PAGES_BACK: u8 = b'p';
+/// Destination -> source: the page server has ended (JSON: PageServerEnd).
+pub const PAGES_DONE: u8 = b'Q';
 
 pub fn write_frame(w: &mut dyn Write, kind: u8, payload: &[u8]) -> io::Result<()> {
     let len = u32::try_from(payload.len()).map_err(|_| io::Error::other("frame too large"))?;
@@ -125,6 +132,13 @@ pub struct FileHeader {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FileEnd {
     pub sha256: String,
+}
+
+/// The destination's page server ended; `ok` when it exited cleanly.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PageServerEnd {
+    pub ok: bool,
+    pub message: String,
 }
 
 /// Every file sent: restore now.
