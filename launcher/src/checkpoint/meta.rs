@@ -49,6 +49,12 @@ impl Meta {
     pub fn write(&self, dir: &Path) -> Result<()> {
         crate::files::write_atomic(&dir.join(META_FILE), &serde_json::to_vec_pretty(self)?, 0o600)
     }
+
+    /// As [`Meta::write`], without fsync: for what only informs (the last
+    /// restore's statistics), never for a checkpoint's own metadata.
+    pub fn write_transient(&self, dir: &Path) -> Result<()> {
+        crate::files::write_transient(&dir.join(META_FILE), &serde_json::to_vec_pretty(self)?, 0o600)
+    }
 }
 
 impl Meta {

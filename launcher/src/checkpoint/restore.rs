@@ -306,9 +306,14 @@ fn execute_locked(rt: &Runtime, plan: &RestorePlan, opts: &RestoreOptions, locke
     let mut marker = Marker::new(!existing);
     recovery::begin(&locked.dir, &marker)?;
     let net = network(rt, plan, rollback)?;
-    // A copy's rules are its own; in place, the dumped workload's are replaced.
+    // A copy's rules are its own; in place, the dumped workload's stay when
+    // they say the same (deleting an nf_tables table waits for an RCU
+    // grace period: about 12 ms of every restore here).
     rollback.rules = !plan.in_place;
-    net::install_rules(rt, &plan.new_name, &net)?;
+    let unchanged = existing && record.net.addrs == net.addrs && record.net.outbound == net.outbound && cns_netns::nat::installed().is_ok_and(|t| t.contains(&plan.new_name));
+    if !unchanged {
+        net::install_rules(rt, &plan.new_name, &net)?;
+    }
     marker.lease = if plan.in_place { None } else { rollback.lease };
     marker.host_if = net.host_if.clone();
     marker.log = (!plan.in_place).then(|| plan.log.clone());
@@ -479,7 +484,7 @@ fn remember_restore(plan: &RestorePlan, stats: Option<&RestoreStats>) {
     if let Some(s) = stats {
         let mut m = plan.meta.clone();
         m.last_restore = Some(s.clone());
-        let _ = m.write(&plan.images);
+        let _ = m.write_transient(&plan.images);
     }
 }
 
