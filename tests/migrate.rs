@@ -11,8 +11,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 struct DestHost {
+    // Dropped after the sshd is killed (fields drop in order, after Drop::drop).
+    _net: PeerNs,
     ns: String,
-    host_if: String,
     addr: String,
     dir: tempfile::TempDir,
     sshd: Child,
@@ -46,17 +47,7 @@ impl DestHost {
             ),
         )
         .expect("config");
-        let ip = |args: &[&str]| {
-            let out = Command::new("ip").args(args).output().expect("ip");
-            assert!(out.status.success(), "ip {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-        };
-        ip(&["netns", "add", &ns]);
-        ip(&["link", "add", &host_if, "type", "veth", "peer", "name", "eth0", "netns", &ns]);
-        ip(&["addr", "add", &format!("{host_ip}/30"), "dev", &host_if]);
-        ip(&["link", "set", &host_if, "up"]);
-        ip(&["-n", &ns, "addr", "add", &format!("{addr}/30"), "dev", "eth0"]);
-        ip(&["-n", &ns, "link", "set", "eth0", "up"]);
-        ip(&["-n", &ns, "link", "set", "lo", "up"]);
+        let net = PeerNs::create(&ns, &host_if, &host_ip, &addr);
         // sshd's privilege-separation directory (Debian's package makes it at boot).
         std::fs::create_dir_all("/run/sshd").expect("/run/sshd");
         let sshd = Command::new("ip")
@@ -67,7 +58,7 @@ impl DestHost {
             .stdin(Stdio::null())
             .spawn()
             .expect("sshd (scripts/setup installs openssh-server)");
-        let host = DestHost { ns, host_if, addr, dir, sshd };
+        let host = DestHost { _net: net, ns, addr, dir, sshd };
         let target = format!("{}:22", host.addr);
         wait_for("the destination's sshd", 20, || std::net::TcpStream::connect(&target).is_ok());
         host
@@ -121,8 +112,6 @@ impl Drop for DestHost {
         }
         let _ = self.sshd.kill();
         let _ = self.sshd.wait();
-        let _ = Command::new("ip").args(["link", "del", &self.host_if]).output();
-        let _ = Command::new("ip").args(["netns", "del", &self.ns]).output();
     }
 }
 

@@ -11,8 +11,7 @@ use std::process::{Child, Command, Stdio};
 
 /// A peer namespace with a TCP server that answers "pong from <client address>".
 struct Peer {
-    ns: String,
-    host_if: String,
+    _net: PeerNs,
     server: Child,
     addr: String,
 }
@@ -26,17 +25,7 @@ impl Peer {
         let third = (id % 250) as u8;
         let fourth = if tag == "a" { 0 } else { 4 };
         let (host_ip, peer_ip) = (format!("10.201.{third}.{}", fourth + 1), format!("10.201.{third}.{}", fourth + 2));
-        let ip = |args: &[&str]| {
-            let out = Command::new("ip").args(args).output().expect("ip");
-            assert!(out.status.success(), "ip {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-        };
-        ip(&["netns", "add", &ns]);
-        ip(&["link", "add", &host_if, "type", "veth", "peer", "name", "eth0", "netns", &ns]);
-        ip(&["addr", "add", &format!("{host_ip}/30"), "dev", &host_if]);
-        ip(&["link", "set", &host_if, "up"]);
-        ip(&["-n", &ns, "addr", "add", &format!("{peer_ip}/30"), "dev", "eth0"]);
-        ip(&["-n", &ns, "link", "set", "eth0", "up"]);
-        ip(&["-n", &ns, "link", "set", "lo", "up"]);
+        let net = PeerNs::create(&ns, &host_if, &host_ip, &peer_ip);
         let script = format!(
             "import socket\ns=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(('{peer_ip}', 7070)); s.listen()\nprint('ready', flush=True)\nwhile True:\n    c,a=s.accept(); c.sendall(('pong from '+a[0]+'\\n').encode()); c.close()\n"
         );
@@ -44,16 +33,15 @@ impl Peer {
         let mut line = String::new();
         std::io::BufRead::read_line(&mut std::io::BufReader::new(server.stdout.take().expect("stdout")), &mut line).expect("ready");
         assert_eq!(line.trim(), "ready");
-        Peer { ns, host_if, server, addr: peer_ip }
+        Peer { _net: net, server, addr: peer_ip }
     }
 }
 
 impl Drop for Peer {
     fn drop(&mut self) {
+        // The server goes first; then PeerNs removes the link and namespace.
         let _ = self.server.kill();
         let _ = self.server.wait();
-        let _ = Command::new("ip").args(["link", "del", &self.host_if]).output();
-        let _ = Command::new("ip").args(["netns", "del", &self.ns]).output();
     }
 }
 

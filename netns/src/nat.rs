@@ -20,14 +20,16 @@ use std::path::Path;
 use crate::nft::{Table, tables};
 use crate::raw;
 
-const NETLINK_NETFILTER: i32 = 12;
-const NFNL_SUBSYS_NFTABLES: u16 = 10;
-const NFT_MSG_NEWTABLE: u16 = 0;
-const NFT_MSG_DELTABLE: u16 = 2;
+// nfnetlink and nf_tables numbers (linux/netfilter/nfnetlink.h, nf_tables.h),
+// shared with nft.rs.
+pub(crate) const NETLINK_NETFILTER: i32 = 12;
+pub(crate) const NFNL_SUBSYS_NFTABLES: u16 = 10;
+pub(crate) const NFT_MSG_NEWTABLE: u16 = 0;
+pub(crate) const NFT_MSG_DELTABLE: u16 = 2;
 const NFT_MSG_NEWCHAIN: u16 = 3;
 const NFT_MSG_NEWRULE: u16 = 6;
-const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
-const NFNL_MSG_BATCH_END: u16 = 0x11;
+pub(crate) const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
+pub(crate) const NFNL_MSG_BATCH_END: u16 = 0x11;
 const NLA_F_NESTED: u16 = 0x8000;
 const NFPROTO_IPV4: u8 = 2;
 
@@ -50,7 +52,7 @@ pub const HOST_IF_PREFIX: &str = "cns-";
 pub const TABLE_PREFIX: &str = "cns-";
 
 /// A netlink attribute tree, serialised with 4-byte alignment.
-enum Attr {
+pub(crate) enum Attr {
     Bytes(u16, Vec<u8>),
     Nested(u16, Vec<Attr>),
 }
@@ -88,8 +90,9 @@ impl Attr {
     }
 }
 
-/// One nf_tables message: nlmsghdr + nfgenmsg + attributes.
-fn message(op: u16, flags: u16, seq: u32, family: u8, res_id: u16, attrs: &[Attr]) -> Vec<u8> {
+/// One nf_tables message: nlmsghdr + nfgenmsg + attributes. `op` is an
+/// NFT_MSG_* (in the nf_tables subsystem) or a batch begin/end type.
+pub(crate) fn message(op: u16, flags: u16, seq: u32, family: u8, res_id: u16, attrs: &[Attr]) -> Vec<u8> {
     let mut body = vec![family, 0];
     body.extend_from_slice(&res_id.to_be_bytes());
     for a in attrs {

@@ -9,13 +9,9 @@
 
 use crate::raw;
 
-const NETLINK_NETFILTER: i32 = 12;
-const NFNL_SUBSYS_NFTABLES: u16 = 10;
-const NFT_MSG_NEWTABLE: u16 = 0;
+use crate::nat::{NETLINK_NETFILTER, NFNL_MSG_BATCH_BEGIN, NFNL_MSG_BATCH_END, NFNL_SUBSYS_NFTABLES, NFT_MSG_DELTABLE, NFT_MSG_NEWTABLE};
+
 const NFT_MSG_GETTABLE: u16 = 1;
-const NFT_MSG_DELTABLE: u16 = 2;
-const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
-const NFNL_MSG_BATCH_END: u16 = 0x11;
 const NFTA_TABLE_NAME: u16 = 1;
 /// Prefix of the tables CRIU's nftables network lock creates.
 pub const CRIU_TABLE_PREFIX: &str = "CRIU-";
@@ -27,25 +23,10 @@ pub struct Table {
     pub name: String,
 }
 
-/// nlmsghdr + nfgenmsg + attributes.
+/// nlmsghdr + nfgenmsg + flat attributes (nat.rs builds the nested ones).
 fn message(ty: u16, flags: u16, seq: u32, family: u8, res_id: u16, attrs: &[(u16, &[u8])]) -> Vec<u8> {
-    let mut body = vec![family, 0];
-    body.extend_from_slice(&res_id.to_be_bytes());
-    for (t, v) in attrs {
-        let len = 4 + v.len();
-        body.extend_from_slice(&(len as u16).to_ne_bytes());
-        body.extend_from_slice(&t.to_ne_bytes());
-        body.extend_from_slice(v);
-        body.resize(body.len().div_ceil(4) * 4, 0);
-    }
-    let mut m = Vec::with_capacity(16 + body.len());
-    m.extend_from_slice(&((16 + body.len()) as u32).to_ne_bytes());
-    m.extend_from_slice(&ty.to_ne_bytes());
-    m.extend_from_slice(&flags.to_ne_bytes());
-    m.extend_from_slice(&seq.to_ne_bytes());
-    m.extend_from_slice(&0u32.to_ne_bytes());
-    m.extend_from_slice(&body);
-    m
+    let attrs: Vec<crate::nat::Attr> = attrs.iter().map(|(t, v)| crate::nat::Attr::Bytes(*t, v.to_vec())).collect();
+    crate::nat::message(ty, flags, seq, family, res_id, &attrs)
 }
 
 /// Every nf_tables table of the network namespace of `pid`.

@@ -224,3 +224,36 @@ impl Drop for RunRecord {
         let _ = std::fs::write(&self.path, serde_json::to_vec_pretty(&v).unwrap_or_default());
     }
 }
+
+/// A network namespace of a test's own, joined to this one by a veth:
+/// `host_ip` on the host end, `peer_ip` on `eth0` inside, both /30, lo up.
+/// Removed (link and namespace) when dropped.
+pub struct PeerNs {
+    pub ns: String,
+    pub host_if: String,
+}
+
+impl PeerNs {
+    pub fn create(ns: &str, host_if: &str, host_ip: &str, peer_ip: &str) -> PeerNs {
+        let ip = |args: &[&str]| {
+            let out = Command::new("ip").args(args).output().expect("ip");
+            assert!(out.status.success(), "ip {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        };
+        ip(&["netns", "add", ns]);
+        let made = PeerNs { ns: ns.to_string(), host_if: host_if.to_string() };
+        ip(&["link", "add", host_if, "type", "veth", "peer", "name", "eth0", "netns", ns]);
+        ip(&["addr", "add", &format!("{host_ip}/30"), "dev", host_if]);
+        ip(&["link", "set", host_if, "up"]);
+        ip(&["-n", ns, "addr", "add", &format!("{peer_ip}/30"), "dev", "eth0"]);
+        ip(&["-n", ns, "link", "set", "eth0", "up"]);
+        ip(&["-n", ns, "link", "set", "lo", "up"]);
+        made
+    }
+}
+
+impl Drop for PeerNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["link", "del", &self.host_if]).output();
+        let _ = Command::new("ip").args(["netns", "del", &self.ns]).output();
+    }
+}
