@@ -127,3 +127,29 @@ fn the_sweep_removes_rules_of_workloads_that_are_gone() {
     assert!(has_table(&foreign), "the sweep removed rules that are not this store's");
     cns_netns::nat::remove(&foreign).expect("remove");
 }
+
+#[test]
+fn behind_a_loopback_resolver_a_workload_gets_its_upstream_servers_and_keeps_them_after_restore() {
+    // A host whose /etc/resolv.conf names only systemd-resolved's stub,
+    // made in a mount namespace of this test's own (the host's files are
+    // not touched): cns runs there.
+    let n = name("resolv");
+    let _c = Cleanup(vec![n.clone()]);
+    let dir = tempfile::tempdir().expect("dir");
+    let stub = dir.path().join("stub-resolv.conf");
+    std::fs::write(&stub, "nameserver 127.0.0.53\noptions edns0\n").expect("stub");
+    let script = format!(
+        "set -e; mount -t tmpfs cns-test /run/systemd; mkdir /run/systemd/resolve; printf 'nameserver 10.77.0.53\\n' > /run/systemd/resolve/resolv.conf; mount --bind {} /etc/resolv.conf; {} run -d --name {n} -- sleep 1000; {} dump {n}; {} restore -d {n}",
+        stub.display(),
+        cns_bin().display(),
+        cns_bin().display(),
+        cns_bin().display()
+    );
+    let out = std::process::Command::new("unshare").args(["-m", "--propagation", "private", "sh", "-c", &script]).output().expect("unshare");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let inside = ok(&["exec", &n, "--", "cat", "/etc/resolv.conf"]);
+    assert!(inside.contains("nameserver 10.77.0.53") && !inside.contains("127.0.0.53"), "{inside}");
+    // Read-only inside, as every resolv.conf cns writes.
+    let w = cns(&["exec", &n, "--", "sh", "-c", "echo x >> /etc/resolv.conf"]);
+    assert!(!w.status.success(), "the workload could change the shared resolv.conf");
+}

@@ -173,7 +173,7 @@ pub fn missing_sources(c: &Confinement) -> Result<()> {
 /// checkpoint mounts, `--rootfs DIR`) replace the recorded ones. A
 /// checkpoint from elsewhere has none recorded (see Meta::distrust), so it
 /// needs them all given.
-pub fn override_sources(c: &mut Confinement, rootfs: Option<&Path>, binds: &[String]) -> Result<()> {
+pub fn override_sources(c: &mut Confinement, rootfs: Option<&Path>, binds: &[String], lib: &Path) -> Result<()> {
     if let Some(r) = rootfs {
         if c.rootfs.is_none() {
             return Err(Error::invalid("the checkpoint has no root file system of its own: --rootfs does not apply", "drop --rootfs"));
@@ -187,6 +187,21 @@ pub fn override_sources(c: &mut Confinement, rootfs: Option<&Path>, binds: &[Str
             return Err(Error::invalid(format!("the checkpoint has no bind mount on {}", dst.display()), "--bind at restore only gives a new source for a mount the checkpoint has"));
         };
         *old = src;
+    }
+    // The resolv.conf cns itself bind-mounted (a host with a loopback
+    // resolver) is this host's to choose again.
+    for m in c.mounts.iter_mut() {
+        if let Mount::Bind { src, dst, .. } = m {
+            if src.as_os_str().is_empty() && dst == Path::new("/etc/resolv.conf") {
+                *src = match rootfs::host_root_resolv_conf(lib) {
+                    Some((p, text)) => {
+                        rootfs::write_resolv_conf(&p, &text)?;
+                        p
+                    }
+                    None => std::fs::canonicalize("/etc/resolv.conf").unwrap_or_else(|_| PathBuf::from("/etc/resolv.conf")),
+                };
+            }
+        }
     }
     if c.rootfs.as_ref().is_some_and(|r| r.as_os_str().is_empty()) {
         return Err(Error::invalid("the checkpoint has a root file system of its own, made on another host", "give its root directory on this host with --rootfs DIR"));

@@ -53,17 +53,62 @@ pub fn create(lib: &Path, name: &str) -> Result<()> {
 /// such as systemd-resolved's 127.0.0.53 is not reachable from another
 /// network namespace), else those of systemd-resolved's upstream list.
 pub fn reachable_nameservers() -> Vec<String> {
-    let read = |p: &str| -> Vec<String> {
-        std::fs::read_to_string(p)
-            .unwrap_or_default()
-            .lines()
+    let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
+    pick_nameservers(&read("/etc/resolv.conf"), &read("/run/systemd/resolve/resolv.conf"))
+}
+
+/// The name servers of `resolv` that are not loopback ones, else those of
+/// `upstream` (pure: unit-tested).
+pub fn pick_nameservers(resolv: &str, upstream: &str) -> Vec<String> {
+    let servers = |text: &str| -> Vec<String> {
+        text.lines()
             .filter_map(|l| l.trim().strip_prefix("nameserver"))
             .map(|s| s.trim().to_string())
             .filter(|s| s.parse::<std::net::IpAddr>().is_ok_and(|a| !a.is_loopback()))
             .collect()
     };
-    let v = read("/etc/resolv.conf");
-    if v.is_empty() { read("/run/systemd/resolve/resolv.conf") } else { v }
+    let v = servers(resolv);
+    if v.is_empty() { servers(upstream) } else { v }
+}
+
+/// Whether the host's own resolv.conf names only loopback name servers (a
+/// local stub such as systemd-resolved's), which a workload in its own
+/// network namespace cannot reach.
+pub fn host_resolver_is_local() -> bool {
+    let text = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    let all: Vec<std::net::IpAddr> = text.lines().filter_map(|l| l.trim().strip_prefix("nameserver")).filter_map(|s| s.trim().parse().ok()).collect();
+    !all.is_empty() && all.iter().all(|a| a.is_loopback())
+}
+
+/// For a workload on the host's root whose host resolver is a loopback
+/// stub: a resolv.conf of the stub's upstream servers, to bind-mount
+/// read-only over /etc/resolv.conf (named by its content, shared, under
+/// cns's lib dir). None when the host's own resolv.conf works inside.
+pub fn host_root_resolv_conf(lib: &Path) -> Option<(PathBuf, String)> {
+    if !host_resolver_is_local() {
+        return None;
+    }
+    let servers = reachable_nameservers();
+    if servers.is_empty() {
+        return None;
+    }
+    let text: String = format!("# written by cns: the host's upstream name servers, reached through NAT\n{}", servers.iter().map(|s| format!("nameserver {s}\n")).collect::<String>());
+    use blake2::Digest;
+    let hex: String = blake2::Blake2b512::digest(text.as_bytes()).iter().take(8).map(|b| format!("{b:02x}")).collect();
+    Some((lib.join("resolv").join(format!("{hex}.conf")), text))
+}
+
+/// Writes a resolv.conf chosen by [`host_root_resolv_conf`] (world-readable:
+/// the workload's users read it).
+pub fn write_resolv_conf(path: &Path, text: &str) -> Result<()> {
+    if std::fs::read_to_string(path).is_ok_and(|t| t == text) {
+        return Ok(());
+    }
+    if let Some(dir) = path.parent() {
+        // Private is fine: the workload reaches the file through its bind mount only.
+        crate::files::mkdir_private(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    crate::files::write_atomic(path, text.as_bytes(), 0o644)
 }
 
 /// Gives a workload with a root of its own a resolv.conf that works
@@ -155,4 +200,18 @@ pub fn static_init(lib: &Path) -> Result<PathBuf> {
     let _ = std::fs::remove_file(&tmp);
     r.with_context(|| format!("cannot install {}", path.display()))?;
     Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_stubs_are_replaced_by_their_upstream_servers() {
+        let stub = "nameserver 127.0.0.53\noptions edns0\n";
+        let upstream = "nameserver 10.1.2.3\nnameserver ::1\nnameserver 2001:db8::1\n";
+        assert_eq!(pick_nameservers(stub, upstream), vec!["10.1.2.3".to_string(), "2001:db8::1".to_string()]);
+        assert_eq!(pick_nameservers("nameserver 10.9.9.9\n", upstream), vec!["10.9.9.9".to_string()]);
+        assert!(pick_nameservers(stub, "").is_empty());
+    }
 }

@@ -92,9 +92,11 @@ struct Checked {
     seccomp: Option<seccompiler::BpfProgram>,
     net: NetPlan,
     confine: crate::confine::Confinement,
+    /// A resolv.conf to write before the start (see check).
+    resolv: Option<(PathBuf, String)>,
 }
 
-fn check(opts: &RunOptions) -> Result<Checked> {
+fn check(opts: &RunOptions, lib: &std::path::Path) -> Result<Checked> {
     let name = match &opts.name {
         Some(n) => {
             validate_name(n)?;
@@ -117,13 +119,22 @@ fn check(opts: &RunOptions) -> Result<Checked> {
     }
     let net = net::plan(opts.net, opts.ip.as_deref(), &opts.publish, opts.no_outbound)?;
     crate::files::check_pidfile(opts.pidfile.as_deref())?;
-    let confine = crate::confine::check(&opts.confine)?;
-    Ok(Checked { name, env, hostname, cap_drop, seccomp, net, confine })
+    let mut confine = crate::confine::check(&opts.confine)?;
+    // A host whose resolver is a loopback stub: the workload gets the
+    // stub's upstream servers, bind-mounted read-only (dumped and restored
+    // as any bind).
+    let resolv = (net.outbound && confine.rootfs.is_none()).then(|| crate::confine::rootfs::host_root_resolv_conf(lib)).flatten();
+    if let Some((path, _)) = &resolv {
+        if !confine.mounts.iter().any(|m| m.dst() == std::path::Path::new("/etc/resolv.conf")) {
+            confine.mounts.push(cns_mounts::confine::Mount::Bind { src: path.clone(), dst: "/etc/resolv.conf".into(), read_only: true });
+        }
+    }
+    Ok(Checked { name, env, hostname, cap_drop, seccomp, net, confine, resolv })
 }
 
 /// Starts a workload.
 pub fn run(rt: &Runtime, opts: &RunOptions) -> Result<Started> {
-    let c = check(opts)?;
+    let c = check(opts, &rt.store.paths.lib)?;
     rt.require_root()?;
     let locked = rt.store.create(&c.name)?;
     let mut rollback = Rollback::new(rt, &c.name);
@@ -210,6 +221,9 @@ fn start_locked(rt: &Runtime, opts: &RunOptions, c: &Checked, locked: &Locked, r
 /// gets its layers (and a resolv.conf that works) and the log in its own
 /// /dev; on the host's root, an empty file under cns's lib dir.
 fn prepare_root(rt: &Runtime, c: &Checked) -> Result<PathBuf> {
+    if let Some((path, text)) = &c.resolv {
+        crate::confine::rootfs::write_resolv_conf(path, text)?;
+    }
     if c.confine.rootfs.is_none() {
         let m = rt.store.paths.stdio_mount();
         drop(crate::files::create_private_file(&m, false)?);
