@@ -23,7 +23,7 @@ pub fn migrate(rt: &Runtime, a: MigrateArgs, quiet: bool) -> anyhow::Result<i32>
         let at = r.dest_ip.as_deref().map(|ip| format!(" at {ip}")).unwrap_or_default();
         let pid = r.dest_pid.map(|p| format!(" (pid {p} there)")).unwrap_or_default();
         println!(
-            "migrated {} to {} in {} ms, frozen {} ms, {:.1} MiB in {} files; running there{at}{pid}",
+            "migrated {} to {} in {} ms, frozen {} ms, {:.1} MiB moved (memory streamed, {} image files); running there{at}{pid}",
             r.name,
             r.dest,
             r.total_ms,

@@ -53,6 +53,7 @@ pub struct MigrateReport {
     pub total_ms: u64,
     /// From the freeze to the destination's "running": the downtime.
     pub frozen_ms: u64,
+    /// Everything sent: the page stream and the other image files.
     pub bytes: u64,
     pub files: usize,
     pub dest_pid: Option<i32>,
@@ -272,12 +273,15 @@ pub fn migrate(rt: &Runtime, opts: &MigrateOptions, events: &dyn Events) -> Resu
     crate::files::mkdir_private(&work).with_context(|| format!("cannot create {}", work.display()))?;
     let images = work.join(format!("{}-{:016x}", w.name, crate::files::random_u64()));
     let frozen = Instant::now();
-    if let Err(e) = dump_streaming(rt, &l, &w, pid, &mut t, &images, opts, events) {
-        let _ = std::fs::remove_dir_all(&images);
-        crate::process::resume_stopped(pid);
-        crate::recovery::end(&l.dir);
-        return Err(e);
-    }
+    let page_bytes = match dump_streaming(rt, &l, &w, pid, &mut t, &images, opts, events) {
+        Ok(b) => b,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&images);
+            crate::process::resume_stopped(pid);
+            crate::recovery::end(&l.dir);
+            return Err(e);
+        }
+    };
     // 3 and 4.
     let moved = send_images(&mut t, &images, answer.keeps_address, events);
     let _ = std::fs::remove_dir_all(&images);
@@ -297,7 +301,7 @@ pub fn migrate(rt: &Runtime, opts: &MigrateOptions, events: &dyn Events) -> Resu
     crate::recovery::end(&rt.store.paths.workload_dir(&name));
     crate::ops::rm::rm(rt, &crate::ops::rm::RmOptions { name: name.clone(), force: true, keep_images: false })
         .with_context(|| format!("{name} runs on {} now, but removing it here failed", opts.dest))?;
-    Ok(MigrateReport { name, dest: opts.dest.clone(), total_ms: start.elapsed().as_millis() as u64, frozen_ms, bytes, files, dest_pid: done.pid, dest_ip: done.ip })
+    Ok(MigrateReport { name, dest: opts.dest.clone(), total_ms: start.elapsed().as_millis() as u64, frozen_ms, bytes: bytes + page_bytes, files, dest_pid: done.pid, dest_ip: done.ip })
 }
 
 /// What the destination needs to know before anything is frozen.
@@ -321,7 +325,7 @@ fn hello_for(rt: &Runtime, w: &crate::workload::Workload, pid: i32) -> Result<He
 /// written here); the other images go into `images`. dump_to leaves its
 /// recovery marker (resume the tree, drop these images) for the caller.
 #[allow(clippy::too_many_arguments)]
-fn dump_streaming(rt: &Runtime, l: &crate::workload::Locked, w: &crate::workload::Workload, pid: i32, t: &mut Transport, images: &Path, opts: &MigrateOptions, events: &dyn Events) -> Result<()> {
+fn dump_streaming(rt: &Runtime, l: &crate::workload::Locked, w: &crate::workload::Workload, pid: i32, t: &mut Transport, images: &Path, opts: &MigrateOptions, events: &dyn Events) -> Result<u64> {
     let plan_opts = DumpOptions { name: w.name.clone(), images: Some(images.to_path_buf()), ..Default::default() };
     let mut plan = dump::plan(rt, &plan_opts, w, pid)?;
     plan.options.leave_stopped = true;
@@ -350,6 +354,8 @@ fn dump_streaming(rt: &Runtime, l: &crate::workload::Locked, w: &crate::workload
 /// dumps: what CRIU writes goes out as PAGES frames, PAGES_BACK frames come
 /// back into its socket, until the destination says its page server ended.
 struct PagePump {
+    /// Page-server bytes sent (the memory, mostly).
+    sent: Arc<std::sync::atomic::AtomicU64>,
     up: std::thread::JoinHandle<()>,
     down: std::sync::mpsc::Receiver<(BufReader<std::process::ChildStdout>, std::result::Result<wire::PageServerEnd, String>)>,
 }
@@ -359,6 +365,8 @@ impl PagePump {
         let mut from_criu = ours.try_clone().context("cannot clone a socket")?;
         let mut to_criu = ours;
         let out = Arc::clone(&t.out);
+        let sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counter = Arc::clone(&sent);
         let up = std::thread::spawn(move || {
             let mut buf = vec![0u8; 256 << 10];
             while let Ok(n) = from_criu.read(&mut buf) {
@@ -371,6 +379,7 @@ impl PagePump {
                     let _ = from_criu.shutdown(std::net::Shutdown::Both);
                     break;
                 }
+                counter.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
             }
         });
         let mut inp = t.inp.take().ok_or_else(|| Error::msg("the connection is already lent"))?;
@@ -396,16 +405,18 @@ impl PagePump {
             let _ = to_criu.shutdown(std::net::Shutdown::Both);
             let _ = tx.send((inp, end));
         });
-        Ok(PagePump { up, down })
+        Ok(PagePump { sent, up, down })
     }
 
     /// After the dump: the destination's page server has every page.
-    fn finish(self, t: &mut Transport) -> Result<()> {
+    /// Returns the page-server bytes sent.
+    fn finish(self, t: &mut Transport) -> Result<u64> {
         let _ = self.up.join();
+        let sent = self.sent.load(std::sync::atomic::Ordering::Relaxed);
         let (inp, end) = self.down.recv_timeout(PRECHECK_LIMIT).map_err(|_| t.broken("the destination's page server did not finish"))?;
         t.inp = Some(inp);
         match end {
-            Ok(e) if e.ok => Ok(()),
+            Ok(e) if e.ok => Ok(sent),
             Ok(e) => Err(Error::new(ErrorKind::Criu, format!("the destination's page server failed: {}", e.message)).with_hint("the workload runs on here")),
             Err(m) => Err(Error::new(ErrorKind::System, format!("the page-server connection broke: {m}")).with_hint("the workload runs on here")),
         }
@@ -439,7 +450,7 @@ fn send_images(t: &mut Transport, images: &Path, keep_address: bool, events: &dy
         }
         let sha256: String = hash.finalize().iter().map(|b| format!("{b:02x}")).collect();
         t.send(wire::FILE_END, &FileEnd { sha256 })?;
-        events.stage("migrating", &format!("sent {} of {} MiB", sent >> 20, total >> 20));
+        events.stage("migrating", &format!("sent {} of {} KiB of images besides the memory", sent >> 10, total >> 10));
     }
     t.send(wire::RESTORE, &RestoreRequest { keep_address })?;
     events.stage("migrating", "the destination is restoring");
