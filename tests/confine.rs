@@ -159,6 +159,10 @@ fn bad_mount_flags_are_one_line_errors_that_change_nothing() {
         (vec!["--tmpfs".to_string(), d.clone(), "--tmpfs".to_string(), d.clone()], "mounted twice"),
         (vec!["--rootfs".to_string(), "/".to_string()], "host's own root"),
         (vec!["--rootfs".to_string(), format!("{d}/none")], "--rootfs"),
+        // Nothing of cns's own may show inside: not its images, nor a parent of them.
+        (vec!["--bind".to_string(), format!("/var/lib/cns/images:{d}")], "would show the workload cns's own"),
+        (vec!["--bind".to_string(), format!("/var:{d}:ro")], "would show the workload cns's own"),
+        (vec!["--rootfs".to_string(), "/run".to_string()], "would show the workload cns's own"),
     ] {
         let mut a: Vec<&str> = vec!["run", "--name", &n];
         a.extend(args.iter().map(String::as_str));

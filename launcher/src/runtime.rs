@@ -28,6 +28,12 @@ impl Runtime {
     }
 
     /// Refuses non-root callers with one clear line.
+    /// cns's own directories: state, lib, images root and config. Nothing
+    /// of a workload may show them (see confine::check).
+    pub fn own_dirs(&self) -> Vec<PathBuf> {
+        vec![self.store.paths.state.clone(), self.store.paths.lib.clone(), self.images_root(), self.config_dir()]
+    }
+
     pub fn require_root(&self) -> Result<()> {
         if !nix::unistd::geteuid().is_root() {
             return Err(Error::new(ErrorKind::Invalid, "cns needs root to create namespaces and run CRIU").with_hint("run it as root, e.g. with sudo"));

@@ -197,7 +197,7 @@ fn trusted_meta(rt: &Runtime, opts: &RestoreOptions, images: &Path) -> Result<Me
         // Outbound access is this host's to give: its default.
         meta.workload.net.outbound = meta.workload.net.mode == NetMode::Veth;
     }
-    crate::confine::override_sources(&mut meta.workload.confine, opts.rootfs.as_deref(), &opts.binds, &rt.store.paths.lib)?;
+    crate::confine::override_sources(&mut meta.workload.confine, opts.rootfs.as_deref(), &opts.binds, &rt.store.paths.lib, &rt.own_dirs())?;
     if opts.no_outbound {
         meta.workload.net.outbound = false;
     }

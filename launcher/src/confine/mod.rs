@@ -76,12 +76,15 @@ pub struct ConfineOptions {
 
 /// Validates the options before anything starts: the root and every bind
 /// source exist (resolved to their real paths), destinations are distinct.
-pub fn check(o: &ConfineOptions) -> Result<Confinement> {
-    let rootfs = o.rootfs.as_deref().map(check_rootfs).transpose()?;
+/// `own`: cns's own directories (state, lib, images, config), which no
+/// bind source or root may be in or contain: a workload would see (or
+/// write) other workloads' checkpoints and cns's state through it.
+pub fn check(o: &ConfineOptions, own: &[PathBuf]) -> Result<Confinement> {
+    let rootfs = o.rootfs.as_deref().map(|r| check_rootfs(r, own)).transpose()?;
     let mut mounts = Vec::new();
     for b in &o.binds {
         let m = Mount::parse_bind(b).map_err(|e| Error::invalid(format!("invalid --bind: {e}"), "use --bind SRC:DST or --bind SRC:DST:ro with absolute paths"))?;
-        mounts.push(resolve_source(m)?);
+        mounts.push(resolve_source(m, own)?);
     }
     for t in &o.tmpfs {
         mounts.push(Mount::parse_tmpfs(t).map_err(|e| Error::invalid(format!("invalid --tmpfs: {e}"), "use --tmpfs DST or --tmpfs DST:SIZE, e.g. --tmpfs /tmp:64m"))?);
@@ -109,7 +112,19 @@ pub fn check(o: &ConfineOptions) -> Result<Confinement> {
     Ok(Confinement { rootfs, mounts, read_only: o.read_only, user, limits })
 }
 
-fn check_rootfs(p: &Path) -> Result<PathBuf> {
+/// Refuses a path in or above one of cns's own directories.
+fn outside_own(what: &str, p: &Path, own: &[PathBuf]) -> Result<()> {
+    let own_real: Vec<PathBuf> = own.iter().map(|d| std::fs::canonicalize(d).unwrap_or_else(|_| d.clone())).collect();
+    if let Some(d) = own_real.iter().find(|d| p.starts_with(d) || d.starts_with(p)) {
+        return Err(Error::invalid(
+            format!("{what} {} would show the workload cns's own {}", p.display(), d.display()),
+            "give a directory that neither is inside cns's state, lib or config directories nor contains them",
+        ));
+    }
+    Ok(())
+}
+
+fn check_rootfs(p: &Path, own: &[PathBuf]) -> Result<PathBuf> {
     let real = std::fs::canonicalize(p).map_err(|e| Error::invalid(format!("--rootfs {}: {e}", p.display()), "give an existing directory holding the workload's root file system"))?;
     if !real.is_dir() {
         return Err(Error::invalid(format!("--rootfs {} is not a directory", p.display()), "give a directory holding the workload's root file system"));
@@ -117,14 +132,16 @@ fn check_rootfs(p: &Path) -> Result<PathBuf> {
     if real == Path::new("/") {
         return Err(Error::invalid("--rootfs / is the host's own root", "leave --rootfs out to run on the host's root, or use --read-only"));
     }
+    outside_own("--rootfs", &real, own)?;
     Ok(real)
 }
 
 /// A bind's source, resolved (symlinks followed now, on the host, never
 /// later inside the workload's root).
-fn resolve_source(m: Mount) -> Result<Mount> {
+fn resolve_source(m: Mount, own: &[PathBuf]) -> Result<Mount> {
     let Mount::Bind { src, dst, read_only } = m else { return Ok(m) };
     let real = std::fs::canonicalize(&src).map_err(|e| Error::invalid(format!("bind source {}: {e}", src.display()), "the source of --bind must exist on the host"))?;
+    outside_own("bind source", &real, own)?;
     Ok(Mount::Bind { src: real, dst, read_only })
 }
 
@@ -173,15 +190,15 @@ pub fn missing_sources(c: &Confinement) -> Result<()> {
 /// checkpoint mounts, `--rootfs DIR`) replace the recorded ones. A
 /// checkpoint from elsewhere has none recorded (see Meta::distrust), so it
 /// needs them all given.
-pub fn override_sources(c: &mut Confinement, rootfs: Option<&Path>, binds: &[String], lib: &Path) -> Result<()> {
+pub fn override_sources(c: &mut Confinement, rootfs: Option<&Path>, binds: &[String], lib: &Path, own: &[PathBuf]) -> Result<()> {
     if let Some(r) = rootfs {
         if c.rootfs.is_none() {
             return Err(Error::invalid("the checkpoint has no root file system of its own: --rootfs does not apply", "drop --rootfs"));
         }
-        c.rootfs = Some(check_rootfs(r)?);
+        c.rootfs = Some(check_rootfs(r, own)?);
     }
     for b in binds {
-        let given = resolve_source(Mount::parse_bind(b).map_err(|e| Error::invalid(format!("invalid --bind: {e}"), "use --bind SRC:DST"))?)?;
+        let given = resolve_source(Mount::parse_bind(b).map_err(|e| Error::invalid(format!("invalid --bind: {e}"), "use --bind SRC:DST"))?, own)?;
         let Mount::Bind { src, dst, .. } = given else { continue };
         let Some(Mount::Bind { src: old, .. }) = c.mounts.iter_mut().find(|m| matches!(m, Mount::Bind { dst: d, .. } if *d == dst)) else {
             return Err(Error::invalid(format!("the checkpoint has no bind mount on {}", dst.display()), "--bind at restore only gives a new source for a mount the checkpoint has"));

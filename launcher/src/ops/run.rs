@@ -96,7 +96,7 @@ struct Checked {
     resolv: Option<(PathBuf, String)>,
 }
 
-fn check(opts: &RunOptions, lib: &std::path::Path) -> Result<Checked> {
+fn check(opts: &RunOptions, lib: &std::path::Path, own: &[PathBuf]) -> Result<Checked> {
     let name = match &opts.name {
         Some(n) => {
             validate_name(n)?;
@@ -119,7 +119,7 @@ fn check(opts: &RunOptions, lib: &std::path::Path) -> Result<Checked> {
     }
     let net = net::plan(opts.net, opts.ip.as_deref(), &opts.publish, opts.no_outbound)?;
     crate::files::check_pidfile(opts.pidfile.as_deref())?;
-    let mut confine = crate::confine::check(&opts.confine)?;
+    let mut confine = crate::confine::check(&opts.confine, own)?;
     // A host whose resolver is a loopback stub: the workload gets the
     // stub's upstream servers, bind-mounted read-only (dumped and restored
     // as any bind).
@@ -134,7 +134,7 @@ fn check(opts: &RunOptions, lib: &std::path::Path) -> Result<Checked> {
 
 /// Starts a workload.
 pub fn run(rt: &Runtime, opts: &RunOptions) -> Result<Started> {
-    let c = check(opts, &rt.store.paths.lib)?;
+    let c = check(opts, &rt.store.paths.lib, &rt.own_dirs())?;
     rt.require_root()?;
     let locked = rt.store.create(&c.name)?;
     let mut rollback = Rollback::new(rt, &c.name);
