@@ -86,7 +86,7 @@ impl Runtime {
 
 /// How an operation reports progress while it works. Every method has an
 /// empty default: implement what you show.
-pub trait Events {
+pub trait Events: Sync {
     /// A long operation moved on to `stage` (e.g. "freezing the tree").
     fn stage(&self, _what: &str, _stage: &str) {}
     /// The long operation ended (either way).

@@ -339,7 +339,23 @@ fn dump_streaming(rt: &Runtime, l: &crate::workload::Locked, w: &crate::workload
     plan.options.page_server_fd = Some(criu_end.as_raw_fd());
     plan.inherit = vec![criu_end.as_raw_fd()];
     let pump = PagePump::start(t, ours)?;
-    let dumped = dump::dump_to(rt, l, w, plan, false, events);
+    let sent = Arc::clone(&pump.sent);
+    // Progress while CRIU sends the memory: bytes and rate, four times a
+    // second, until the dump returns (the ticker ends at once then).
+    let (stop, ticks) = std::sync::mpsc::channel::<()>();
+    let dumped = std::thread::scope(|s| {
+        s.spawn(move || {
+            let start = Instant::now();
+            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = ticks.recv_timeout(Duration::from_millis(250)) {
+                let b = sent.load(std::sync::atomic::Ordering::Relaxed);
+                let rate = b as f64 / (1u64 << 20) as f64 / start.elapsed().as_secs_f64().max(0.001);
+                events.stage("migrating", &format!("{} MiB of memory sent ({rate:.0} MiB/s)", b >> 20));
+            }
+        });
+        let r = dump::dump_to(rt, l, w, plan, false, events);
+        drop(stop);
+        r
+    });
     drop(criu_end);
     match dumped {
         Ok(_) => pump.finish(t),
