@@ -20,6 +20,29 @@ pub fn random_u64() -> u64 {
     u64::from_le_bytes(b)
 }
 
+/// Lower-case hex of `b`.
+pub fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Whether the file at `path` passes `same` (a full comparison), asked only
+/// when it changed since it last passed: the pass is remembered in
+/// `stamp_file` by the file's path, inode, size and ctime, which any change
+/// to the file moves. Keep `stamp_file` where workloads cannot write.
+pub fn verified(path: &Path, stamp_file: &Path, same: impl FnOnce() -> bool) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(m) = fs::metadata(path) else { return false };
+    let stamp = format!("{} {} {} {} {}\n", path.display(), m.ino(), m.size(), m.ctime(), m.ctime_nsec());
+    if fs::read_to_string(stamp_file).is_ok_and(|s| s == stamp) {
+        return true;
+    }
+    if !same() {
+        return false;
+    }
+    let _ = write_transient(stamp_file, stamp.as_bytes(), 0o600);
+    true
+}
+
 /// Replaces `path` with `data` atomically and durably: a fresh temp file
 /// (O_EXCL|O_NOFOLLOW, unpredictable name) in the same directory, written
 /// and fsync-ed, renamed over `path`, then the directory fsync-ed. A crash

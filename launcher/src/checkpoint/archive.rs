@@ -21,6 +21,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::files::hex;
 use crate::bail_hint;
 use crate::checkpoint::meta::{Meta, read_meta};
 use crate::error::{Context, Error, ErrorKind, Result};
@@ -192,10 +193,6 @@ fn sha256_of(path: &Path, size: u64) -> Result<String> {
     let mut h = sha2::Sha256::new();
     io::copy(&mut (&mut f).take(size), &mut h).with_context(|| format!("cannot read {}", path.display()))?;
     Ok(hex(&h.finalize()))
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 fn read_secret_key(p: &Path) -> Result<super::signing::SecretKey> {

@@ -415,7 +415,7 @@ fn prepare_stdio(plan: &RestorePlan) -> Result<()> {
 /// whatever came after a --leave-running dump), and cns's static init.
 fn prepare_rootfs(rt: &Runtime, plan: &RestorePlan) -> Result<()> {
     let Some(lower) = &plan.meta.workload.confine.rootfs else { return Ok(()) };
-    crate::confine::rootfs::static_init(&rt.store.paths.lib)?;
+    crate::confine::rootfs::static_init(&rt.store.paths.lib, &rt.store.paths.state)?;
     crate::confine::rootfs::create(&rt.store.paths.lib, &plan.new_name)?;
     let upper = crate::confine::rootfs::layers(&rt.store.paths.lib, &plan.new_name, lower).upper;
     let archive = plan.images.join(crate::confine::rootfs::UPPER_ARCHIVE);

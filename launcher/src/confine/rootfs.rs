@@ -94,8 +94,8 @@ pub fn host_root_resolv_conf(lib: &Path) -> Option<(PathBuf, String)> {
     }
     let text: String = format!("# written by cns: the host's upstream name servers, reached through NAT\n{}", servers.iter().map(|s| format!("nameserver {s}\n")).collect::<String>());
     use blake2::Digest;
-    let hex: String = blake2::Blake2b512::digest(text.as_bytes()).iter().take(8).map(|b| format!("{b:02x}")).collect();
-    Some((lib.join("resolv").join(format!("{hex}.conf")), text))
+    let hash = blake2::Blake2b512::digest(text.as_bytes());
+    Some((lib.join("resolv").join(format!("{}.conf", crate::files::hex(&hash[..8]))), text))
 }
 
 /// Writes a resolv.conf chosen by [`host_root_resolv_conf`] (world-readable:
@@ -170,26 +170,18 @@ pub fn extract_upper(archive: &Path, upper: &Path) -> Result<()> {
 pub fn static_init_path(lib: &Path) -> PathBuf {
     use blake2::Digest;
     let hash = blake2::Blake2b512::digest(STATIC_INIT);
-    let hex: String = hash.iter().take(8).map(|b| format!("{b:02x}")).collect();
-    lib.join("bin").join(format!("cns-init-static-{hex}"))
+    lib.join("bin").join(format!("cns-init-static-{}", crate::files::hex(&hash[..8])))
 }
 
 /// The static init, installed once under the lib dir by the hash of its
 /// bytes and checked byte for byte before each use (a workload that could
 /// replace it must not get its code run as another workload's PID 1).
-pub fn static_init(lib: &Path) -> Result<PathBuf> {
-    use std::os::unix::fs::MetadataExt;
+pub fn static_init(lib: &Path, state: &Path) -> Result<PathBuf> {
     let path = static_init_path(lib);
     let dir = lib.join("bin");
-    // The full compare is remembered beside it (cns's lib dir is hidden from
-    // workloads) by inode, size and ctime, which any change to the file moves.
-    let stamp_file = dir.join(".init-static-verified");
-    let stamp = std::fs::metadata(&path).map(|m| format!("{} {} {} {}\n", m.ino(), m.size(), m.ctime(), m.ctime_nsec())).unwrap_or_default();
-    if !stamp.is_empty() && std::fs::read_to_string(&stamp_file).is_ok_and(|s| s == stamp) {
-        return Ok(path);
-    }
-    if std::fs::read(&path).is_ok_and(|b| b == STATIC_INIT) {
-        let _ = crate::files::write_transient(&stamp_file, stamp.as_bytes(), 0o600);
+    // The full compare is remembered in cns's state dir, hidden from
+    // workloads (lib/bin is only read-only inside them).
+    if crate::files::verified(&path, &state.join(".init-static-verified"), || std::fs::read(&path).is_ok_and(|b| b == STATIC_INIT)) {
         return Ok(path);
     }
     crate::files::mkdir_private(&dir).with_context(|| format!("cannot create {}", dir.display()))?;

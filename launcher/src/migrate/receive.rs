@@ -239,7 +239,7 @@ fn receive_files(rt: &Runtime, input: &mut dyn Read, dir: &Path, out: &Out, ps: 
             }
         }
         let end: FileEnd = wire::expect(input, wire::FILE_END).context("the connection to the source broke")?;
-        let sum: String = hash.finalize().iter().map(|b| format!("{b:02x}")).collect();
+        let sum = crate::files::hex(&hash.finalize());
         if sum != end.sha256 {
             return Err(Error::new(ErrorKind::Archive, format!("{} arrived altered (SHA-256 {sum}, sent {})", h.name, end.sha256)));
         }

@@ -464,7 +464,7 @@ fn send_images(t: &mut Transport, images: &Path, keep_address: bool, events: &dy
             left -= n as u64;
             sent += n as u64;
         }
-        let sha256: String = hash.finalize().iter().map(|b| format!("{b:02x}")).collect();
+        let sha256 = crate::files::hex(&hash.finalize());
         t.send(wire::FILE_END, &FileEnd { sha256 })?;
         events.stage("migrating", &format!("sent {} of {} KiB of images besides the memory", sent >> 10, total >> 10));
     }

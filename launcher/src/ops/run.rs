@@ -256,7 +256,7 @@ fn spec(rt: &Runtime, opts: &RunOptions, c: &Checked, w: &Workload, stdio_mount:
         read_only: vec![rt.store.paths.lib.join("bin"), rt.config_dir()],
         layout: crate::confine::layout(&rt.store.paths.lib, name, &c.confine),
         user: c.confine.user.clone(),
-        static_init: if own_root { Some(crate::confine::rootfs::static_init(&rt.store.paths.lib)?) } else { None },
+        static_init: if own_root { Some(crate::confine::rootfs::static_init(&rt.store.paths.lib, &rt.store.paths.state)?) } else { None },
     })
 }
 

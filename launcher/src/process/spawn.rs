@@ -74,15 +74,8 @@ pub fn init_binary(lib: &std::path::Path, state: &std::path::Path) -> crate::err
         // Verified before every use: a copy that is not byte for byte this
         // binary (a workload with CAP_SYS_ADMIN could have replaced it) is
         // never run as a workload's PID 1. The full compare is remembered
-        // (in cns's state dir, hidden from workloads) by the copy's inode,
-        // size and ctime, which any change to the file moves.
-        let stamp_file = state.join(".init-verified");
-        let stamp = std::fs::metadata(&path).map(|c| format!("{} {} {} {} {}\n", path.display(), c.ino(), c.size(), c.ctime(), c.ctime_nsec())).unwrap_or_default();
-        if !stamp.is_empty() && std::fs::read_to_string(&stamp_file).is_ok_and(|s| s == stamp) {
-            return Ok(path);
-        }
-        if same_content(&exe, &path) {
-            let _ = crate::files::write_transient(&stamp_file, stamp.as_bytes(), 0o600);
+        // in cns's state dir, hidden from workloads.
+        if crate::files::verified(&path, &state.join(".init-verified"), || same_content(&exe, &path)) {
             return Ok(path);
         }
         tracing::warn!(path = %path.display(), "the init copy differs from cns: replacing it");
