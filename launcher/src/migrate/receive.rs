@@ -152,15 +152,8 @@ impl PageServer {
         let out = Arc::clone(out);
         let wait_for = child.id();
         let pump = std::thread::spawn(move || {
-            let mut buf = vec![0u8; 256 << 10];
-            while let Ok(n) = from.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                let Ok(mut w) = out.lock() else { return };
-                if wire::write_frame(&mut *w, wire::PAGES_BACK, &buf[..n]).and_then(|()| w.flush()).is_err() {
-                    return;
-                }
+            if wire::forward(&mut from, &out, wire::PAGES_BACK, None).is_err() {
+                return;
             }
             // Its socket closed: it has every page, or it failed.
             let status = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(wait_for as i32), None);

@@ -384,18 +384,9 @@ impl PagePump {
         let sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let counter = Arc::clone(&sent);
         let up = std::thread::spawn(move || {
-            let mut buf = vec![0u8; 256 << 10];
-            while let Ok(n) = from_criu.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                let Ok(mut w) = out.lock() else { break };
-                if wire::write_frame(&mut *w, wire::PAGES, &buf[..n]).and_then(|()| std::io::Write::flush(&mut *w)).is_err() {
-                    // The channel is gone: CRIU must not wait on this socket.
-                    let _ = from_criu.shutdown(std::net::Shutdown::Both);
-                    break;
-                }
-                counter.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+            if wire::forward(&mut from_criu, &out, wire::PAGES, Some(&counter)).is_err() {
+                // The channel is gone: CRIU must not wait on this socket.
+                let _ = from_criu.shutdown(std::net::Shutdown::Both);
             }
         });
         let mut inp = t.inp.take().ok_or_else(|| Error::msg("the connection is already lent"))?;

@@ -75,6 +75,28 @@ pub fn expect<T: for<'de> Deserialize<'de>>(r: &mut dyn Read, kind: u8) -> io::R
     }
 }
 
+/// Carries a page-server socket's bytes into frames of `kind` on `out`
+/// (each flushed: the other side's CRIU waits for them), until `from`
+/// ends. Returns the bytes carried; `sent` (when given) follows them live.
+/// An error is the channel's: `out` could not be written.
+pub fn forward<W: Write>(from: &mut dyn Read, out: &std::sync::Mutex<W>, kind: u8, sent: Option<&std::sync::atomic::AtomicU64>) -> io::Result<u64> {
+    let mut buf = vec![0u8; 256 << 10];
+    let mut total = 0u64;
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) | Err(_) => return Ok(total),
+            Ok(n) => n,
+        };
+        let mut w = out.lock().map_err(|_| io::Error::other("the channel's lock is poisoned"))?;
+        write_frame(&mut *w, kind, &buf[..n])?;
+        w.flush()?;
+        total += n as u64;
+        if let Some(s) = sent {
+            s.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}
+
 /// A file the checkpoint will need on the destination (an executable or a
 /// mapped library), as the source sees it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
