@@ -151,9 +151,12 @@ fn tree_tcp(diag: Option<&Diag>, inodes: &BTreeSet<u64>) -> TcpCounts {
 /// after the workload started). CRIU can neither dump nor restore them.
 pub fn vanished_mountpoints(root: i32, exists: impl Fn(&str) -> bool) -> Vec<Finding> {
     let Ok(mounts) = cns_mounts::read_mountinfo(&root.to_string()) else { return Vec::new() };
-    if mounts.iter().any(|m| m.mount_point == "/" && m.fs_type == "overlay" && m.source == "cns-rootfs") {
-        // A root of its own (cns run --rootfs): its mount points are in its
-        // own layer, not the host's tree, and nothing was inherited.
+    // Only a tree whose root is the host's own root inherited host mounts
+    // whose directories are host paths; a root of its own (cns run
+    // --rootfs) has its mount points in its own layer.
+    let root_of = |ms: &[cns_mounts::MountInfo]| ms.iter().find(|m| m.mount_point == "/").map(|m| (m.fs_type.clone(), m.source.clone(), m.root.clone()));
+    let host = cns_mounts::read_mountinfo("self").ok();
+    if host.is_some_and(|h| root_of(&h) != root_of(&mounts)) {
         return Vec::new();
     }
     mounts
