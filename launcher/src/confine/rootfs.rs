@@ -57,38 +57,32 @@ pub fn reachable_nameservers() -> Vec<String> {
     pick_nameservers(&read("/etc/resolv.conf"), &read("/run/systemd/resolve/resolv.conf"))
 }
 
+/// The `nameserver` addresses of a resolv.conf.
+fn nameservers(text: &str) -> Vec<std::net::IpAddr> {
+    text.lines().filter_map(|l| l.trim().strip_prefix("nameserver")).filter_map(|s| s.trim().parse().ok()).collect()
+}
+
 /// The name servers of `resolv` that are not loopback ones, else those of
 /// `upstream` (pure: unit-tested).
 pub fn pick_nameservers(resolv: &str, upstream: &str) -> Vec<String> {
-    let servers = |text: &str| -> Vec<String> {
-        text.lines()
-            .filter_map(|l| l.trim().strip_prefix("nameserver"))
-            .map(|s| s.trim().to_string())
-            .filter(|s| s.parse::<std::net::IpAddr>().is_ok_and(|a| !a.is_loopback()))
-            .collect()
-    };
-    let v = servers(resolv);
-    if v.is_empty() { servers(upstream) } else { v }
-}
-
-/// Whether the host's own resolv.conf names only loopback name servers (a
-/// local stub such as systemd-resolved's), which a workload in its own
-/// network namespace cannot reach.
-pub fn host_resolver_is_local() -> bool {
-    let text = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
-    let all: Vec<std::net::IpAddr> = text.lines().filter_map(|l| l.trim().strip_prefix("nameserver")).filter_map(|s| s.trim().parse().ok()).collect();
-    !all.is_empty() && all.iter().all(|a| a.is_loopback())
+    let reachable = |text: &str| -> Vec<String> { nameservers(text).into_iter().filter(|a| !a.is_loopback()).map(|a| a.to_string()).collect() };
+    let v = reachable(resolv);
+    if v.is_empty() { reachable(upstream) } else { v }
 }
 
 /// For a workload on the host's root whose host resolver is a loopback
-/// stub: a resolv.conf of the stub's upstream servers, to bind-mount
+/// stub (systemd-resolved's 127.0.0.53, unreachable from another network
+/// namespace): a resolv.conf of the stub's upstream servers, to bind-mount
 /// read-only over /etc/resolv.conf (named by its content, shared, under
 /// cns's lib dir). None when the host's own resolv.conf works inside.
 pub fn host_root_resolv_conf(lib: &Path) -> Option<(PathBuf, String)> {
-    if !host_resolver_is_local() {
+    let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
+    let host = read("/etc/resolv.conf");
+    let own = nameservers(&host);
+    if own.is_empty() || !own.iter().all(|a| a.is_loopback()) {
         return None;
     }
-    let servers = reachable_nameservers();
+    let servers = pick_nameservers(&host, &read("/run/systemd/resolve/resolv.conf"));
     if servers.is_empty() {
         return None;
     }
@@ -98,8 +92,8 @@ pub fn host_root_resolv_conf(lib: &Path) -> Option<(PathBuf, String)> {
     Some((lib.join("resolv").join(format!("{}.conf", crate::files::hex(&hash[..8]))), text))
 }
 
-/// Writes a resolv.conf chosen by [`host_root_resolv_conf`] (world-readable:
-/// the workload's users read it).
+/// Writes a resolv.conf chosen by [`host_root_resolv_conf`] (mode 0644:
+/// the workload's users read it through its bind mount).
 pub fn write_resolv_conf(path: &Path, text: &str) -> Result<()> {
     if std::fs::read_to_string(path).is_ok_and(|t| t == text) {
         return Ok(());
