@@ -193,11 +193,12 @@ pub fn sweep(rt: &Runtime) {
 fn sweep_rules(rt: &Runtime) {
     let Ok(names) = cns_netns::nat::installed() else { return };
     let ours = |n: &String| crate::workload::validate_name(n).is_ok() && rt.store.paths.lock_file(n).exists() && !rt.store.paths.workload_dir(n).exists();
-    for n in names.iter().filter(|n| ours(n)) {
+    let (gone, kept): (Vec<String>, Vec<String>) = names.into_iter().partition(|n| ours(n));
+    for n in &gone {
         tracing::info!(workload = %n, "removing the nf_tables rules of a workload that is gone");
         let _ = cns_netns::nat::remove(n);
     }
-    crate::net::settle_forwarding(rt);
+    crate::net::settle_forwarding(rt, Some(kept));
 }
 
 /// The images of a migration that died (only cns's own migration dir).

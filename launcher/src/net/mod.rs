@@ -166,17 +166,19 @@ pub fn remove_rules(rt: &Runtime, name: &str) {
     if let Err(e) = cns_netns::nat::remove(name) {
         tracing::warn!(workload = name, error = %e, "cannot remove the workload's nf_tables rules");
     }
-    settle_forwarding(rt);
+    settle_forwarding(rt, None);
 }
 
 /// Forwarding back to the host's value when no workload with outbound
 /// access keeps its rules.
-pub fn settle_forwarding(rt: &Runtime) {
+/// `installed`: the workloads with rules now, when the caller has just
+/// listed them (else they are listed here).
+pub fn settle_forwarding(rt: &Runtime, installed: Option<Vec<String>>) {
     if !forwarding(rt).exists() {
         // cns did not change the host's setting.
         return;
     }
-    let installed = cns_netns::nat::installed().unwrap_or_default();
+    let installed = installed.unwrap_or_else(|| cns_netns::nat::installed().unwrap_or_default());
     let in_use = rt.store.list().iter().any(|w| w.net.outbound && installed.contains(&w.name));
     let saved = forwarding(rt);
     if let Err(e) = (cns_netns::nat::ForwardingGuard { saved: &saved }).settle(in_use) {
