@@ -96,6 +96,23 @@ pub struct PrivateMount {
     pub data: String,
 }
 
+/// Makes `cmd` keep `fds` open across its exec, at their own numbers (they
+/// must stay open in the caller until the child has exec'd).
+pub fn keep_fds(cmd: &mut Command, fds: Vec<RawFd>) {
+    // SAFETY: the closure only calls fcntl(2), which is async-signal-safe,
+    // on fds the caller keeps open until the child has exec'd.
+    unsafe {
+        cmd.pre_exec(move || {
+            for &fd in &fds {
+                if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+}
+
 /// PrivateMounts as C strings, made before the fork (pre_exec may not allocate).
 struct CMount {
     source: std::ffi::CString,
@@ -153,16 +170,11 @@ impl Swrk {
         // rolls back cleanly: a dump resumes the tree instead of killing it
         // (post-dump always comes before the kill), a restore kills what it
         // made. launcher/src/recovery.rs waits for it before cleaning up.
-        // SAFETY: the closure only calls fcntl(2), unshare(2) and mount(2),
-        // which are async-signal-safe, on fds that stay open in the parent
-        // until the child has exec'd and C strings allocated before the fork.
+        keep_fds(&mut cmd, keep);
+        // SAFETY: the closure only calls unshare(2) and mount(2), which are
+        // async-signal-safe, on C strings allocated before the fork.
         unsafe {
             cmd.pre_exec(move || {
-                for &fd in &keep {
-                    if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
-                        return Err(io::Error::last_os_error());
-                    }
-                }
                 if !cmounts.is_empty() {
                     // unshare(2) and mount(2) are plain system calls on
                     // strings made before the fork.

@@ -135,17 +135,13 @@ struct PageServer {
 impl PageServer {
     fn start(rt: &Runtime, dir: &Path, out: &Out) -> Result<PageServer> {
         use std::os::fd::AsRawFd;
-        use std::os::unix::process::CommandExt;
         let criu = rt.criu()?;
         let (theirs, ours) = UnixStream::pair().context("cannot make a socket pair")?;
         let fd = theirs.as_raw_fd();
         let mut cmd = std::process::Command::new(&criu.path);
         cmd.args(["page-server", "--ps-socket", &fd.to_string(), "-o", "page-server.log", "-v4", "-D"]).arg(dir);
         cmd.stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
-        // SAFETY: fcntl(2) on an fd that stays open in the parent until the child has exec'd.
-        unsafe {
-            cmd.pre_exec(move || if libc::fcntl(fd, libc::F_SETFD, 0) < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) });
-        }
+        cns_engine::rpc::keep_fds(&mut cmd, vec![fd]);
         let child = cmd.spawn().map_err(|e| Error::wrap(format!("cannot run {} page-server", criu.path.display()), e))?;
         drop(theirs);
         let mut from = ours.try_clone().context("cannot clone a socket")?;
