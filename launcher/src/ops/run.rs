@@ -224,14 +224,14 @@ fn prepare_root(rt: &Runtime, c: &Checked) -> Result<PathBuf> {
     if let Some((path, text)) = &c.resolv {
         crate::confine::rootfs::write_resolv_conf(path, text)?;
     }
-    if c.confine.rootfs.is_none() {
+    let Some(lower) = &c.confine.rootfs else {
         let m = rt.store.paths.stdio_mount();
         drop(crate::files::create_private_file(&m, false)?);
         return Ok(m);
-    }
+    };
     crate::confine::rootfs::create(&rt.store.paths.lib, &c.name)?;
     if c.net.outbound {
-        crate::confine::rootfs::seed_resolv_conf(&rt.store.paths.rootfs_dir(&c.name).join("upper"))?;
+        crate::confine::rootfs::seed_resolv_conf(&crate::confine::rootfs::layers(&rt.store.paths.lib, &c.name, lower).upper)?;
     }
     Ok(PathBuf::from(crate::confine::LOG_IN_ROOTFS))
 }

@@ -5,6 +5,8 @@
 //! - logs: `/var/lib/cns/logs/<name>.log` — on disk, not tmpfs: the
 //!   workload's stdout is a regular file CRIU reopens by path at restore
 //! - images: `/var/lib/cns/images/<name>/` (0700)
+//! - a `--rootfs` workload's layers: `/var/lib/cns/rootfs/<name>/` (confine/rootfs.rs)
+//! - migrations in progress: `/var/lib/cns/migrate/`; generated resolv.conf files: `/var/lib/cns/resolv/`
 //!
 //! `CNS_STATE_DIR` and `CNS_LIB_DIR` move the two roots (tests use them only
 //! where the real paths would not do).
@@ -61,13 +63,6 @@ impl Paths {
     /// log (see docs/design.md, "Logs across dump and restore").
     pub fn stdio_mount(&self) -> PathBuf {
         self.lib.join("stdio")
-    }
-
-    /// A `--rootfs` workload's own layers: `upper` (its changes), `work`
-    /// (overlayfs's) and `merged` (a mountpoint, used only inside private
-    /// mount namespaces).
-    pub fn rootfs_dir(&self, name: &str) -> PathBuf {
-        crate::confine::rootfs::dir(&self.lib, name)
     }
 
 }
