@@ -6,34 +6,7 @@
 mod common;
 use common::*;
 
-use std::os::fd::AsRawFd;
 use std::path::Path;
-
-const PIPE_MAX: &str = "/proc/sys/fs/pipe-max-size";
-
-/// Holds the host's fs.pipe-max-size at `value` until dropped, then puts
-/// the old value back. Serialised across test processes with flock(2).
-struct PipeMax {
-    old: String,
-    _lock: std::fs::File,
-}
-
-impl PipeMax {
-    fn set(value: u64) -> PipeMax {
-        let lock = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open("/run/cns-test-pipe-max.lock").expect("lock");
-        // SAFETY: flock(2) on an fd we own; released when it is closed.
-        assert_eq!(unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) }, 0);
-        let old = std::fs::read_to_string(PIPE_MAX).expect("read").trim().to_string();
-        std::fs::write(PIPE_MAX, value.to_string()).expect("set fs.pipe-max-size");
-        PipeMax { old, _lock: lock }
-    }
-}
-
-impl Drop for PipeMax {
-    fn drop(&mut self) {
-        let _ = std::fs::write(PIPE_MAX, &self.old);
-    }
-}
 
 /// A counter holding `mib` MiB of touched memory.
 fn start_big_counter(n: &str, mib: u64) {

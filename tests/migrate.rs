@@ -26,7 +26,7 @@ impl DestHost {
         let ns = format!("cnsm{id}{tag}");
         let host_if = format!("cm{}{tag}", id % 100_000);
         let third = (id % 250) as u8;
-        let fourth = match tag { "a" => 0, "b" => 4, "c" => 8, "d" => 12, _ => 16 };
+        let fourth = match tag { "a" => 0, "b" => 4, "c" => 8, "d" => 12, "e" => 20, "f" => 24, _ => 16 };
         let (host_ip, addr) = (format!("10.204.{third}.{}", fourth + 1), format!("10.204.{third}.{}", fourth + 2));
         let dir = tempfile::tempdir().expect("dir");
         let d = dir.path();
@@ -234,4 +234,102 @@ fn precopy_is_refused_in_one_sentence_where_the_kernel_cannot_track_dirty_memory
     assert_eq!(state_of(&n), "running");
     let e = fails(&["migrate", &n, "--", "-oProxyCommand=touch /tmp/pwned"]);
     assert!(e.contains("invalid destination"), "{e}");
+}
+
+/// A counter holding `mib` MiB whose every page carries its own number: it
+/// prints `i` while all of them still do, `BAD i` once one does not.
+fn start_checked_counter(n: &str, mib: u64) {
+    let script = format!(
+        "import time\nb = bytearray({mib} << 20)\nfor p in range(len(b) >> 12): b[p << 12] = p % 251\ni = 0\nwhile True:\n    good = all(b[p << 12] == p % 251 for p in range(len(b) >> 12))\n    print(i if good else 'BAD %d' % i, flush=True); i += 1; time.sleep(0.05)\n"
+    );
+    ok(&["run", "-d", "--name", n, "--", "/usr/bin/python3", "-c", &script]);
+    wait_for("the counter", 60, || last_count(n).is_some_and(|c| c >= 2));
+}
+
+#[test]
+fn post_copy_resumes_there_at_once_and_every_page_follows() {
+    let _p = PipeMax::set(4 << 20);
+    let host = DestHost::start("e", |r| r.to_string());
+    let n = name("miglazy");
+    let _c = Cleanup(vec![n.clone()]);
+    start_checked_counter(&n, 64);
+    let out = cns(&["migrate", &n, &host.dest(), "--ssh", &host.ssh(), "--lazy", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(r["mode"], "post-copy");
+    // The memory went over after the restore, on demand: more than 64 MiB
+    // moved in all, though the images sent before it held far less.
+    assert!(r["bytes"].as_u64().expect("bytes") > 64 << 20, "{r}");
+    assert!(ps_entry(&n).is_none(), "the source kept a record");
+    assert!(std::fs::read_dir("/var/lib/cns/migrate").map(|d| d.flatten().all(|e| !e.file_name().to_string_lossy().starts_with(&n))).unwrap_or(true), "the source kept its dump");
+    let there = host.ps(&n).expect("the destination has no record");
+    assert_eq!(there["state"], "running");
+    wait_for("the moved counter", 20, || numbers(&host.log(&n)).len() >= 5);
+    let log = host.log(&n);
+    assert!(!log.contains("BAD"), "a page arrived wrong: {log}");
+    let moved = numbers(&log);
+    assert!(moved[0] > 2 && moved.windows(2).all(|w| w[1] == w[0] + 1), "{moved:?}");
+    // Its lazy-pages daemon is done and gone there.
+    assert!(!host.lib().join("images").join(&n).join(format!(".lazy-{n}")).exists());
+}
+
+#[test]
+fn post_copy_cut_while_the_memory_moves_kills_the_copy_there_and_resumes_here() {
+    let _p = PipeMax::set(4 << 20);
+    let host = DestHost::start("f", |r| r.to_string());
+    let n = name("miglcut");
+    let _c = Cleanup(vec![n.clone()]);
+    start_checked_counter(&n, 512);
+    let pid = pid_of(&n);
+    let child = Command::new(cns_bin())
+        .args(["migrate", &n, &host.dest(), "--ssh", &host.ssh(), "--lazy"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("migrate");
+    // Once it runs there and has pulled some of its memory (so the source
+    // has heard "running"; most of it is still here), the destination's end
+    // of the link goes.
+    wait_for("the copy to run there", 60, || host.ps(&n).is_some_and(|w| w["state"] == "running"));
+    let root = host.ps(&n).expect("there")["pid"].as_i64().expect("pid") as i32;
+    wait_for("memory to arrive there", 60, || tree_rss(root) > 64 << 20);
+    let receiver = receive_pid(&host).expect("cns receive there");
+    // SAFETY: SIGKILL to the cns receive this test's sshd started.
+    unsafe { libc::kill(receiver, libc::SIGKILL) };
+    let out = child.wait_with_output().expect("migrate");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a cut link reported success");
+    assert!(err.starts_with("cns: the link broke while the destination pulled the memory"), "{err}");
+    // Here: the same tree, running again from where it was frozen.
+    assert_eq!(pid_of(&n), pid);
+    assert_eq!(state_of(&n), "running");
+    let k = last_count(&n).expect("count");
+    wait_for("the counter to go on here", 20, || last_count(&n).is_some_and(|c| c > k + 2));
+    assert!(!log_of(&n).contains("BAD"));
+    // There: the copy without its memory was killed.
+    wait_for("the copy there to be killed", 20, || host.ps(&n).is_none_or(|w| w["state"] != "running"));
+    assert!(host.log(&n).contains("lazy-pages daemon"), "{}", host.log(&n));
+}
+
+/// Resident bytes of a tree.
+fn tree_rss(root: i32) -> u64 {
+    let mut total = 0;
+    let mut todo = vec![root];
+    while let Some(p) = todo.pop() {
+        let status = std::fs::read_to_string(format!("/proc/{p}/status")).unwrap_or_default();
+        total += status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok()).unwrap_or(0) << 10;
+        let children = std::fs::read_to_string(format!("/proc/{p}/task/{p}/children")).unwrap_or_default();
+        todo.extend(children.split_whitespace().filter_map(|c| c.parse::<i32>().ok()));
+    }
+    total
+}
+
+/// The `cns receive` serving this destination (found by its state dir).
+fn receive_pid(host: &DestHost) -> Option<i32> {
+    let want = format!("CNS_STATE_DIR={}", host.dir.path().join("state").display());
+    std::fs::read_dir("/proc").ok()?.flatten().filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok()).find(|pid| {
+        let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let env = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+        cmd.split(|b| *b == 0).any(|a| a == b"receive") && cmd.split(|b| *b == 0).next().is_some_and(|a| a.ends_with(b"cns")) && env.split(|b| *b == 0).any(|v| v == want.as_bytes())
+    })
 }

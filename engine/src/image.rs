@@ -356,9 +356,10 @@ impl ImageDir {
         Ok(total)
     }
 
-    /// Checks every pagemap's page count against its pages file.
-    fn check_pages(&self) -> Result<(), ImageError> {
+    /// Every pagemap of the image: its pages file and its entries.
+    fn pagemaps(&self) -> Result<Vec<Pagemap>, ImageError> {
         let rd = fs::read_dir(&self.path).map_err(|source| ImageError::Io { path: self.path.clone(), source })?;
+        let mut out = Vec::new();
         for entry in rd.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
             let Some(id) = name.strip_prefix("pagemap-").and_then(|s| s.strip_suffix(".img")) else { continue };
@@ -368,7 +369,7 @@ impl ImageDir {
             // First entry is pagemap_head {pages_id = 1}; the rest pagemap_entry
             // {vaddr = 1, compat_nr_pages = 2, flags = 4, nr_pages = 5}.
             let mut pages_id = None;
-            let mut pages = 0u64;
+            let mut entries = Vec::new();
             for (i, e) in raw.iter().enumerate() {
                 let fields = decode_varint_fields(e);
                 if i == 0 {
@@ -380,20 +381,32 @@ impl ImageDir {
                         .or_else(|| fields.iter().find(|(f, _)| *f == 2))
                         .map_or(0, |(_, v)| *v);
                     let flags = fields.iter().find(|(f, _)| *f == 4).map_or(0, |(_, v)| *v);
-                    // PE_PRESENT (4) pages are in the pages file; lazy/parent ones are not.
-                    if flags & 4 != 0 || flags == 0 {
-                        pages = pages.checked_add(nr).ok_or_else(|| ImageError::Corrupt { path: path.clone(), what: "page counts overflow".into() })?;
-                    }
+                    entries.push((nr, flags));
                 }
             }
-            let pages_name = match pages_id {
+            let pages = match pages_id {
                 Some(pid) => format!("pages-{pid}.img"),
                 None => format!("pages-{id}.img"),
             };
-            let pages_path = self.file(&pages_name);
+            out.push(Pagemap { path, pages, entries });
+        }
+        Ok(out)
+    }
+
+    /// Checks every pagemap's page count against its pages file.
+    fn check_pages(&self) -> Result<(), ImageError> {
+        for m in self.pagemaps()? {
+            let mut pages = 0u64;
+            for &(nr, flags) in &m.entries {
+                if in_pages_file(flags) {
+                    pages = pages.checked_add(nr).ok_or_else(|| ImageError::Corrupt { path: m.path.clone(), what: "page counts overflow".into() })?;
+                }
+            }
+            let pages_path = self.file(&m.pages);
             let have = fs::metadata(&pages_path).map(|m| m.len()).unwrap_or(0);
-            let want = pages.checked_mul(page_size()).ok_or_else(|| ImageError::Corrupt { path: path.clone(), what: format!("{pages} pages overflow") })?;
+            let want = pages.checked_mul(page_size()).ok_or_else(|| ImageError::Corrupt { path: m.path.clone(), what: format!("{pages} pages overflow") })?;
             if have < want {
+                let name = m.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
                 return Err(ImageError::Corrupt {
                     path: pages_path,
                     what: format!("holds {have} bytes but {name} lists {want}: truncated"),
@@ -401,6 +414,33 @@ impl ImageDir {
             }
         }
         Ok(())
+    }
+
+    /// The byte ranges of each pages file that a lazy restore reads itself
+    /// (pages CRIU cannot serve on demand: stacks, shared memory, ...); the
+    /// rest of the file is left to the lazy-pages daemon. Pages files with
+    /// no such range are listed with none.
+    pub fn eager_ranges(&self) -> Result<std::collections::BTreeMap<String, Vec<(u64, u64)>>, ImageError> {
+        let ps = page_size();
+        let mut out: std::collections::BTreeMap<String, Vec<(u64, u64)>> = std::collections::BTreeMap::new();
+        for m in self.pagemaps()? {
+            let ranges = out.entry(m.pages.clone()).or_default();
+            let mut offset = 0u64;
+            for &(nr, flags) in &m.entries {
+                if !in_pages_file(flags) {
+                    continue;
+                }
+                let len = nr.checked_mul(ps).ok_or_else(|| ImageError::Corrupt { path: m.path.clone(), what: format!("{nr} pages overflow") })?;
+                if flags & PE_LAZY == 0 {
+                    match ranges.last_mut() {
+                        Some((o, l)) if *o + *l == offset => *l += len,
+                        _ => ranges.push((offset, len)),
+                    }
+                }
+                offset = offset.checked_add(len).ok_or_else(|| ImageError::Corrupt { path: m.path.clone(), what: "page offsets overflow".into() })?;
+            }
+        }
+        Ok(out)
     }
 
     /// Reads stats-dump.img.
@@ -429,6 +469,23 @@ impl ImageDir {
             pages_compared: r.pages_compared,
         })
     }
+}
+
+/// A pagemap image: its pages file and (pages, flags) per entry.
+struct Pagemap {
+    path: PathBuf,
+    pages: String,
+    entries: Vec<(u64, u64)>,
+}
+
+/// pagemap_entry flags (CRIU's pagemap.h).
+const PE_LAZY: u64 = 1 << 1;
+const PE_PRESENT: u64 = 1 << 2;
+
+/// Whether an entry's pages are in the pages file (not in a parent image,
+/// not a hole). Old images have no flags: present.
+fn in_pages_file(flags: u64) -> bool {
+    flags & PE_PRESENT != 0 || flags == 0
 }
 
 /// The system page size.

@@ -43,15 +43,18 @@ pub struct Daemon {
 
 impl Daemon {
     /// Starts `criu lazy-pages` serving `images`, its socket and log in
-    /// `work_dir`, and waits until it listens.
-    pub fn start(criu: &Path, images: &Path, work_dir: &Path) -> Result<Daemon, String> {
-        let mut child = Command::new(criu)
-            .arg("lazy-pages")
-            .arg("-D")
-            .arg(images)
-            .arg("-W")
-            .arg(work_dir)
-            .args(["-o", "lazy-pages.log", "-v4"])
+    /// `work_dir`, and waits until it listens. With `page_server`, a socket
+    /// connected to a page server elsewhere (a migration's source), the
+    /// memory comes from there instead of the image's pages files; the
+    /// caller keeps that fd open until this returns.
+    pub fn start(criu: &Path, images: &Path, work_dir: &Path, page_server: Option<std::os::fd::RawFd>) -> Result<Daemon, String> {
+        let mut cmd = Command::new(criu);
+        cmd.arg("lazy-pages").arg("-D").arg(images).arg("-W").arg(work_dir).args(["-o", "lazy-pages.log", "-v4"]);
+        if let Some(fd) = page_server {
+            cmd.args(["--page-server", "--ps-socket", &fd.to_string()]);
+            crate::rpc::keep_fds(&mut cmd, vec![fd]);
+        }
+        let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())

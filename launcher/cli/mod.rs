@@ -166,6 +166,10 @@ pub struct MigrateArgs {
     /// kernel's soft-dirty tracking; refused where it is missing)
     #[arg(long)]
     pub precopy: bool,
+    /// Post-copy: resume on the destination at once and move the memory on demand
+    /// (needs fs.pipe-max-size of at least 4 MiB on both hosts)
+    #[arg(long)]
+    pub lazy: bool,
     #[command(flatten)]
     pub json: JsonArg,
 }

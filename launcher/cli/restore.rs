@@ -22,6 +22,7 @@ pub fn restore(rt: &Runtime, a: RestoreArgs, quiet: bool) -> anyhow::Result<i32>
         publish: a.publish.publish,
         action_scripts: a.hooks.action_scripts,
         lazy: a.lazy,
+        lazy_page_server: None,
         rootfs: a.rootfs,
         binds: a.binds,
         no_outbound: a.no_outbound,

@@ -31,13 +31,27 @@ pub fn check_host() -> Result<()> {
     }
 }
 
-/// Starts the daemon for a restore whose work dir is `work`.
-pub fn start(criu: &Path, images: &Path, work: &Path, state_dir: &Path) -> Result<Daemon> {
+/// Starts the daemon for a restore whose work dir is `work`; with
+/// `remote` (only in a detached monitor: see RemotePages), the memory comes
+/// from the page server at the other end, and this process's copies of the
+/// pair are closed once the daemon has its end (so the stream ends with
+/// the daemon, or with the caller that carries it).
+pub fn start(criu: &Path, images: &Path, work: &Path, state_dir: &Path, remote: Option<crate::checkpoint::restore::RemotePages>) -> Result<Daemon> {
+    if let Some(r) = remote {
+        // SAFETY: the monitor's inherited copy of the caller's end, unused here.
+        unsafe { libc::close(r.caller_end) };
+    }
+    let page_server = remote.map(|r| r.daemon_end);
     let _ = fs::remove_dir_all(work);
     std::os::unix::fs::DirBuilderExt::mode(&mut fs::DirBuilder::new(), 0o700)
         .create(work)
         .map_err(|e| Error::wrap(format!("cannot create {}", work.display()), e))?;
-    let d = Daemon::start(criu, images, work).map_err(|e| Error::new(ErrorKind::Criu, e))?;
+    let d = Daemon::start(criu, images, work, page_server);
+    if let Some(fd) = page_server {
+        // SAFETY: the monitor's inherited copy, which nothing else here uses.
+        unsafe { libc::close(fd) };
+    }
+    let d = d.map_err(|e| Error::new(ErrorKind::Criu, e))?;
     let _ = crate::files::write_transient(&state_dir.join(MARKER), format!("{}\n", d.pid()).as_bytes(), 0o600);
     Ok(d)
 }

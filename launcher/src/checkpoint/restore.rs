@@ -52,6 +52,9 @@ pub struct RestoreOptions {
     pub action_scripts: Vec<PathBuf>,
     /// Post-copy: run at once, memory served on demand (lazy.rs).
     pub lazy: bool,
+    /// With `lazy`: the memory comes from a page server (a migration's
+    /// source) reached through a socket pair instead of the pages files.
+    pub lazy_page_server: Option<RemotePages>,
     /// Where the checkpoint's root directory is now (`--rootfs`).
     pub rootfs: Option<PathBuf>,
     /// New sources for the checkpoint's bind mounts (`SRC:DST`).
@@ -61,6 +64,17 @@ pub struct RestoreOptions {
     /// The address to give it (a migration keeps the source's when the
     /// destination has it free).
     pub address: Option<LinkAddrs>,
+}
+
+/// The two ends of a socket pair to a remote page server. Only with
+/// `detach`: the monitor hands `daemon_end` to the lazy-pages daemon and
+/// closes both its copies (so the stream ends when the daemon or the
+/// caller does); the caller closes its `daemon_end` after the restore and
+/// carries the stream on `caller_end`.
+#[derive(Debug, Clone, Copy)]
+pub struct RemotePages {
+    pub daemon_end: std::os::fd::RawFd,
+    pub caller_end: std::os::fd::RawFd,
 }
 
 /// A restored, running workload.
@@ -104,6 +118,8 @@ pub struct RestorePlan {
     pub action_scripts: Vec<PathBuf>,
     /// A lazy restore's own work dir (its daemon's socket and the logs).
     pub lazy_dir: Option<PathBuf>,
+    /// Its remote page server (RestoreOptions::lazy_page_server).
+    pub lazy_page_server: Option<RemotePages>,
     /// Mounts CRIU makes in a private mount namespace of its own: the
     /// overlay root of a workload with a root file system of its own.
     pub private_mounts: Vec<cns_engine::PrivateMount>,
@@ -180,10 +196,13 @@ pub fn plan(rt: &Runtime, opts: &RestoreOptions) -> Result<RestorePlan> {
         }
         crate::checkpoint::lazy::check_host()?;
     }
+    if opts.lazy_page_server.is_some() && !(opts.lazy && opts.detach) {
+        return Err(Error::invalid("a remote page server serves only a lazy, detached restore", "restore with lazy and detach"));
+    }
     let lazy_dir = opts.lazy.then(|| crate::checkpoint::lazy::work_dir(&images, &new_name));
     let log = rt.store.paths.log_file(&new_name);
     let (options, private_mounts) = criu_options(rt, opts, &meta, &images, &new_name, host_if.as_deref(), &log);
-    Ok(RestorePlan { new_name, images, meta, in_place, address, host_if, log, criu: rt.criu()?, options, pidfile: opts.pidfile.clone(), publish, action_scripts: opts.action_scripts.clone(), lazy_dir, private_mounts })
+    Ok(RestorePlan { new_name, images, meta, in_place, address, host_if, log, criu: rt.criu()?, options, pidfile: opts.pidfile.clone(), publish, action_scripts: opts.action_scripts.clone(), lazy_dir, lazy_page_server: opts.lazy_page_server, private_mounts })
 }
 
 /// The checkpoint's metadata as this host believes it: a checkpoint this
@@ -445,7 +464,7 @@ fn start(rt: &Runtime, plan: &RestorePlan, net: &NetConfig, published: crate::ne
     let mut published = Some(published);
     let mut work = || {
         let daemon = match &plan.lazy_dir {
-            Some(dir) => Some(crate::checkpoint::lazy::start(&plan.criu.path, &plan.images, dir, state_dir)?),
+            Some(dir) => Some(crate::checkpoint::lazy::start(&plan.criu.path, &plan.images, dir, state_dir, plan.lazy_page_server)?),
             None => None,
         };
         let pid = match run_criu(plan, net, state_dir) {

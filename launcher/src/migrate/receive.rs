@@ -6,6 +6,7 @@
 //! nothing behind here, and the source resumes its own.
 
 use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -26,7 +27,7 @@ fn say<T: serde::Serialize>(out: &Out, kind: u8, msg: &T) -> Result<()> {
 }
 
 /// Serves one migration on `input`/`output` (ssh's stdin and stdout).
-pub fn receive(rt: &Runtime, input: &mut dyn Read, output: Box<dyn Write + Send>) -> Result<()> {
+pub fn receive(rt: &Runtime, input: &mut (dyn Read + Send), output: Box<dyn Write + Send>) -> Result<()> {
     rt.require_root()?;
     let output: Out = Arc::new(Mutex::new(output));
     let hello: Hello = wire::expect(input, wire::HELLO).context("no migration request arrived")?;
@@ -42,19 +43,100 @@ pub fn receive(rt: &Runtime, input: &mut dyn Read, output: Box<dyn Write + Send>
     crate::files::mkdir_private(&rt.images_root()).with_context(|| format!("cannot create {}", rt.images_root().display()))?;
     std::fs::create_dir(&staging).with_context(|| format!("cannot create {}", staging.display()))?;
     let mut ps: Option<PageServer> = None;
-    let result = receive_files(rt, input, &staging, &output, &mut ps).and_then(|req| restore_received(rt, &hello, &staging, &req));
+    let received = receive_files(rt, input, &staging, &output, &mut ps);
     if let Some(p) = ps {
         p.stop();
     }
-    let answer = match &result {
+    let result = match received {
+        Ok(req) if req.lazy => return receive_lazy(rt, &hello, &staging, &req, input, &output),
+        Ok(req) => restore_received(rt, &hello, &staging, &req, None),
+        Err(e) => Err(e),
+    };
+    finish(&staging, &output, &result);
+    result.map(drop)
+}
+
+/// The restore's answer to the source; the staging dir goes if it is left.
+fn finish(staging: &Path, output: &Out, result: &Result<Answer>) {
+    let answer = match result {
         Ok(a) => a.clone(),
         Err(e) => Answer::refuse(e),
     };
     if staging.exists() {
-        let _ = std::fs::remove_dir_all(&staging);
+        let _ = std::fs::remove_dir_all(staging);
     }
-    let _ = say(&output, wire::ANSWER, &answer);
-    result.map(drop)
+    let _ = say(output, wire::ANSWER, &answer);
+}
+
+/// Post-copy: the workload is restored at once, its lazy-pages daemon
+/// pulling memory from the source's page server through the channel
+/// (LAZY_ASK frames out, LAZY_PAGES frames in). When the daemon ends, the
+/// source hears whether the workload runs on (LAZY_DONE). If the source
+/// goes away first, the daemon's stream ends, the daemon fails and the
+/// workload is killed (lazy.rs): it cannot run without its memory.
+fn receive_lazy(rt: &Runtime, hello: &Hello, staging: &Path, req: &RestoreRequest, input: &mut (dyn Read + Send), output: &Out) -> Result<()> {
+    let (daemon_end, ours) = UnixStream::pair().context("cannot make a socket pair")?;
+    // The restore forks the workload's monitor, which closes its copy of
+    // our end: no other copy may exist (no try_clone), or the daemon's
+    // stream would outlive this process.
+    let pages = crate::checkpoint::restore::RemotePages { daemon_end: daemon_end.as_raw_fd(), caller_end: ours.as_raw_fd() };
+    let state_dir = rt.store.paths.workload_dir(&hello.name);
+    let name = hello.name.clone();
+    let sock = &ours;
+    std::thread::scope(|s| {
+        // Memory from the source into the daemon's socket, until the
+        // source closes the channel; then the daemon's stream ends too.
+        let down = s.spawn(move || {
+            while let Ok(Some((kind, b))) = wire::read_frame(input) {
+                if kind != wire::LAZY_PAGES {
+                    break;
+                }
+                let _ = (&mut &*sock).write_all(&b);
+            }
+            let _ = sock.shutdown(std::net::Shutdown::Both);
+        });
+        // The daemon's requests to the source, from the restore on (the
+        // restore itself may need pages), until the daemon ends.
+        let up = s.spawn(move || {
+            let _ = wire::forward(&mut &*sock, output, wire::LAZY_ASK, None);
+        });
+        let result = restore_received(rt, hello, staging, req, Some(pages));
+        drop(daemon_end);
+        if result.is_err() {
+            // No daemon is left to end the stream.
+            let _ = sock.shutdown(std::net::Shutdown::Both);
+        }
+        finish(staging, output, &result);
+        let _ = up.join();
+        if result.is_ok() {
+            // Whether the workload runs on, with all of its memory.
+            let end = lazy_outcome(rt, &name, &state_dir);
+            if !end.ok && rt.store.exists(&name) {
+                // The copy is dead; the source resumes its own, and a new
+                // migration must find the name free here.
+                let _ = crate::ops::rm::rm(rt, &crate::ops::rm::RmOptions { name: name.clone(), force: true, keep_images: false });
+            }
+            let _ = say(output, wire::LAZY_DONE, &end);
+        }
+        let _ = down.join();
+        result.map(drop)
+    })
+}
+
+/// After the daemon's end: every page in and the workload alive, or not.
+fn lazy_outcome(rt: &Runtime, name: &str, state_dir: &Path) -> wire::LazyEnd {
+    // The daemon's watcher (in the workload's monitor) clears the marker
+    // once it has reaped it, after killing the tree if it failed.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while crate::checkpoint::lazy::pending(state_dir).is_some() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let alive = rt.store.get(name).ok().and_then(|w| w.running_pid().ok()).is_some_and(|p| crate::process::stat::process_matches(p, None));
+    if alive && crate::checkpoint::lazy::pending(state_dir).is_none() {
+        wire::LazyEnd { ok: true, message: String::new() }
+    } else {
+        wire::LazyEnd { ok: false, message: format!("the workload's memory did not all arrive; {name} was killed here (see its log)") }
+    }
 }
 
 /// Whether the restore will work here, asked before the source freezes.
@@ -74,6 +156,9 @@ fn precheck(rt: &Runtime, h: &Hello) -> Result<bool> {
     if rt.config.require_signature {
         return Err(Error::new(ErrorKind::Archive, "the destination requires signed checkpoints; a migration stream is authenticated by ssh, not signed")
             .with_hint("set require_signature = false there, or move the workload with `cns export --sign` and `cns import`"));
+    }
+    if h.lazy {
+        crate::checkpoint::lazy::check_host()?;
     }
     let criu = rt.criu()?;
     if let Some(src) = cns_engine::CriuVersion::parse_version_output(&format!("Version: {}", h.criu_version)) {
@@ -215,18 +300,24 @@ fn receive_files(rt: &Runtime, input: &mut dyn Read, dir: &Path, out: &Out, ps: 
         let path = dir.join(&h.name);
         let mut f = std::fs::OpenOptions::new().write(true).create_new(true).custom_flags(libc::O_NOFOLLOW).mode(0o600).open(&path).with_context(|| format!("cannot create {}", path.display()))?;
         let mut hash = sha2::Sha256::new();
-        let mut got = 0u64;
-        while got < h.size {
-            match wire::read_frame(input).context("the connection to the source broke")? {
-                Some((wire::DATA, b)) if got + b.len() as u64 <= h.size => {
-                    hash.update(&b);
-                    f.write_all(&b).with_context(|| format!("cannot write {}", path.display()))?;
-                    got += b.len() as u64;
+        let ranges = file_ranges(&h)?;
+        for (offset, len) in ranges {
+            std::io::Seek::seek(&mut f, std::io::SeekFrom::Start(offset)).with_context(|| format!("cannot write {}", path.display()))?;
+            let mut got = 0u64;
+            while got < len {
+                match wire::read_frame(input).context("the connection to the source broke")? {
+                    Some((wire::DATA, b)) if got + b.len() as u64 <= len => {
+                        hash.update(&b);
+                        f.write_all(&b).with_context(|| format!("cannot write {}", path.display()))?;
+                        got += b.len() as u64;
+                    }
+                    Some(_) => return Err(Error::new(ErrorKind::Archive, format!("{} does not arrive as the {} bytes announced", h.name, h.size))),
+                    None => return Err(Error::new(ErrorKind::System, format!("the connection ended inside {}", h.name))),
                 }
-                Some(_) => return Err(Error::new(ErrorKind::Archive, format!("{} does not arrive as the {} bytes announced", h.name, h.size))),
-                None => return Err(Error::new(ErrorKind::System, format!("the connection ended inside {}", h.name))),
             }
         }
+        // A file sent in ranges keeps its size: the rest is a hole.
+        f.set_len(h.size).with_context(|| format!("cannot write {}", path.display()))?;
         let end: FileEnd = wire::expect(input, wire::FILE_END).context("the connection to the source broke")?;
         let sum = crate::files::hex(&hash.finalize());
         if sum != end.sha256 {
@@ -235,8 +326,20 @@ fn receive_files(rt: &Runtime, input: &mut dyn Read, dir: &Path, out: &Out, ps: 
     }
 }
 
+/// The ranges a file arrives in: all of it, or the ranges announced, which
+/// must lie in order inside the file.
+fn file_ranges(h: &FileHeader) -> Result<Vec<(u64, u64)>> {
+    let Some(ranges) = &h.ranges else { return Ok(vec![(0, h.size)]) };
+    let mut end = 0u64;
+    for &(o, l) in ranges {
+        let e = o.checked_add(l).filter(|e| o >= end && *e <= h.size);
+        end = e.ok_or_else(|| Error::new(ErrorKind::Archive, format!("{} announces a range outside the file or out of order", h.name)))?;
+    }
+    Ok(ranges.clone())
+}
+
 /// The received checkpoint becomes `images/NAME` and is restored detached.
-fn restore_received(rt: &Runtime, h: &Hello, staging: &Path, req: &RestoreRequest) -> Result<Answer> {
+fn restore_received(rt: &Runtime, h: &Hello, staging: &Path, req: &RestoreRequest, pages: Option<crate::checkpoint::restore::RemotePages>) -> Result<Answer> {
     let meta = crate::checkpoint::meta::read_meta(staging)?;
     if meta.workload.name != h.name {
         return Err(Error::new(ErrorKind::Archive, format!("the images are of workload {}, not {}", meta.workload.name, h.name)));
@@ -251,6 +354,8 @@ fn restore_received(rt: &Runtime, h: &Hello, staging: &Path, req: &RestoreReques
         rootfs: h.rootfs.clone(),
         binds: h.binds.clone(),
         address: if req.keep_address { h.address } else { None },
+        lazy: pages.is_some(),
+        lazy_page_server: pages,
         ..Default::default()
     };
     match restore::restore(rt, &opts, &NoEvents) {

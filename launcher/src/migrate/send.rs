@@ -43,6 +43,9 @@ pub struct MigrateOptions {
     pub remote_cns: String,
     /// Iterative pre-dumps before the final one (needs soft-dirty tracking).
     pub precopy: bool,
+    /// Post-copy: the workload resumes on the destination at once and its
+    /// memory follows on demand.
+    pub lazy: bool,
 }
 
 /// How it went.
@@ -55,6 +58,8 @@ pub struct MigrateReport {
     pub frozen_ms: u64,
     /// Everything sent: the page stream and the other image files.
     pub bytes: u64,
+    /// "stop-and-copy" or "post-copy".
+    pub mode: &'static str,
     pub files: usize,
     pub dest_pid: Option<i32>,
     pub dest_ip: Option<String>,
@@ -247,8 +252,15 @@ fn resident(pids: &[i32]) -> u64 {
 pub fn migrate(rt: &Runtime, opts: &MigrateOptions, events: &dyn Events) -> Result<MigrateReport> {
     rt.require_root()?;
     let dest = parse_dest(&opts.dest)?;
+    if opts.precopy && opts.lazy {
+        return Err(Error::invalid("--precopy and --lazy are two ways to move memory; choose one", "drop one of them"));
+    }
     if opts.precopy {
         precopy_supported(rt)?;
+    }
+    if opts.lazy {
+        // This host's page server needs the same pipes as the restore there.
+        crate::checkpoint::lazy::check_host().map_err(|e| Error::new(e.kind(), format!("post-copy migration: {}", e.one_line())).with_hint(e.hint().unwrap_or_default()))?;
     }
     let start = Instant::now();
     let l = rt.store.try_lock(&opts.name)?;
@@ -260,7 +272,8 @@ pub fn migrate(rt: &Runtime, opts: &MigrateOptions, events: &dyn Events) -> Resu
     if crate::checkpoint::lazy::pending(&l.dir).is_some() {
         return Err(Error::new(ErrorKind::State, format!("workload {} is still receiving its memory from a lazy restore", w.name)).with_hint("wait until its memory is in, then migrate"));
     }
-    let hello = hello_for(rt, &w, pid)?;
+    let mut hello = hello_for(rt, &w, pid)?;
+    hello.lazy = opts.lazy;
     events.stage("migrating", &format!("asking {} whether it can restore {}", opts.dest, w.name));
     let mut t = Transport::open(opts, &dest)?;
     t.send(wire::HELLO, &hello).map_err(|_| t.broken("cannot reach the destination"))?;
@@ -273,27 +286,20 @@ pub fn migrate(rt: &Runtime, opts: &MigrateOptions, events: &dyn Events) -> Resu
     crate::files::mkdir_private(&work).with_context(|| format!("cannot create {}", work.display()))?;
     let images = work.join(format!("{}-{:016x}", w.name, crate::files::random_u64()));
     let frozen = Instant::now();
-    let page_bytes = match dump_streaming(rt, &l, &w, pid, &mut t, &images, opts, events) {
-        Ok(b) => b,
-        Err(e) => {
-            let _ = std::fs::remove_dir_all(&images);
-            crate::process::resume_stopped(pid);
-            crate::recovery::end(&l.dir);
-            return Err(e);
-        }
+    let moved = if opts.lazy {
+        post_copy(rt, &l, &w, pid, &mut t, &images, answer.keeps_address, events)
+    } else {
+        stop_and_copy(rt, &l, &w, pid, &mut t, &images, answer.keeps_address, opts, events)
     };
-    // 3 and 4.
-    let moved = send_images(&mut t, &images, answer.keeps_address, events);
     let _ = std::fs::remove_dir_all(&images);
-    let (bytes, files, done) = match moved {
-        Ok(v) => v,
+    let moved = match moved {
+        Ok(m) => m,
         Err(e) => {
             crate::process::resume_stopped(pid);
             crate::recovery::end(&l.dir);
             return Err(e);
         }
     };
-    let frozen_ms = frozen.elapsed().as_millis() as u64;
     let name = w.name.clone();
     drop(l);
     // The workload runs there: the stopped tree goes, and its record here.
@@ -301,7 +307,59 @@ pub fn migrate(rt: &Runtime, opts: &MigrateOptions, events: &dyn Events) -> Resu
     crate::recovery::end(&rt.store.paths.workload_dir(&name));
     crate::ops::rm::rm(rt, &crate::ops::rm::RmOptions { name: name.clone(), force: true, keep_images: false })
         .with_context(|| format!("{name} runs on {} now, but removing it here failed", opts.dest))?;
-    Ok(MigrateReport { name, dest: opts.dest.clone(), total_ms: start.elapsed().as_millis() as u64, frozen_ms, bytes: bytes + page_bytes, files, dest_pid: done.pid, dest_ip: done.ip })
+    Ok(MigrateReport {
+        name,
+        dest: opts.dest.clone(),
+        total_ms: start.elapsed().as_millis() as u64,
+        frozen_ms: moved.running_at.duration_since(frozen).as_millis() as u64,
+        bytes: moved.bytes,
+        mode: if opts.lazy { "post-copy" } else { "stop-and-copy" },
+        files: moved.files,
+        dest_pid: moved.answer.pid,
+        dest_ip: moved.answer.ip,
+    })
+}
+
+/// What a transfer did: bytes and files sent, the destination's "running"
+/// and when it came.
+struct Moved {
+    bytes: u64,
+    files: usize,
+    answer: Answer,
+    running_at: Instant,
+}
+
+/// Stop-and-copy: the pages stream to the destination as CRIU dumps them,
+/// then the other images, then the restore.
+#[allow(clippy::too_many_arguments)]
+fn stop_and_copy(rt: &Runtime, l: &crate::workload::Locked, w: &crate::workload::Workload, pid: i32, t: &mut Transport, images: &Path, keeps_address: bool, opts: &MigrateOptions, events: &dyn Events) -> Result<Moved> {
+    let page_bytes = dump_streaming(rt, l, w, pid, t, images, opts, events)?;
+    let (bytes, files) = send_files(t, images, None, events)?;
+    let answer = request_restore(t, keeps_address, false, events)?;
+    Ok(Moved { bytes: bytes + page_bytes, files, answer, running_at: Instant::now() })
+}
+
+/// Post-copy: the dump goes to this host's disk (the tree stays stopped);
+/// the images go over without the memory a lazy restore can fetch later
+/// (those parts of the pages files travel as holes); the destination
+/// restores at once and its lazy-pages daemon pulls the memory from a page
+/// server here, through the channel. Only when the destination says every
+/// page is in and the workload runs on is the move complete; until then a
+/// failure kills the copy there and resumes the tree here, as it was when
+/// frozen.
+#[allow(clippy::too_many_arguments)]
+fn post_copy(rt: &Runtime, l: &crate::workload::Locked, w: &crate::workload::Workload, pid: i32, t: &mut Transport, images: &Path, keeps_address: bool, events: &dyn Events) -> Result<Moved> {
+    let plan_opts = DumpOptions { name: w.name.clone(), images: Some(images.to_path_buf()), ..Default::default() };
+    let mut plan = dump::plan(rt, &plan_opts, w, pid)?;
+    plan.options.leave_stopped = true;
+    plan.migrating = true;
+    dump::dump_to(rt, l, w, plan, false, events)?;
+    let eager = cns_engine::ImageDir::new(images).eager_ranges().map_err(|e| Error::new(ErrorKind::Archive, format!("cannot read the dump's page maps: {e}")))?;
+    let server = LazyServer::start(rt, images)?;
+    let (bytes, files) = send_files(t, images, Some(&eager), events)?;
+    t.send(wire::RESTORE, &RestoreRequest { keep_address: keeps_address, lazy: true })?;
+    events.stage("migrating", "the destination is restoring (its memory follows on demand)");
+    server.serve(t, bytes, files, events)
 }
 
 /// What the destination needs to know before anything is frozen.
@@ -317,6 +375,7 @@ fn hello_for(rt: &Runtime, w: &crate::workload::Workload, pid: i32) -> Result<He
         publish: w.net.publish.iter().map(|p| p.to_string()).collect(),
         rootfs: w.confine.rootfs.clone(),
         binds: w.confine.binds().map(|(s, d)| format!("{}:{}", s.display(), d.display())).collect(),
+        lazy: false,
     })
 }
 
@@ -430,43 +489,206 @@ impl PagePump {
     }
 }
 
-/// Streams every image file, then asks for the restore. Returns the bytes
-/// and files sent and the destination's answer, which must be "running".
-fn send_images(t: &mut Transport, images: &Path, keep_address: bool, events: &dyn Events) -> Result<(u64, usize, Answer)> {
+/// Streams every image file (a pages file listed in `eager` only in its
+/// ranges: the rest is fetched on demand). Returns the bytes and files sent.
+fn send_files(t: &mut Transport, images: &Path, eager: Option<&std::collections::BTreeMap<String, Vec<(u64, u64)>>>, events: &dyn Events) -> Result<(u64, usize)> {
     let mut names: Vec<PathBuf> = std::fs::read_dir(images).with_context(|| format!("cannot read {}", images.display()))?.flatten().map(|e| e.path()).filter(|p| p.is_file()).collect();
     names.sort();
-    let total: u64 = names.iter().filter_map(|p| p.metadata().ok()).map(|m| m.len()).sum();
     let mut sent = 0u64;
     let mut buf = vec![0u8; wire::CHUNK];
     for p in &names {
         let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let mut f = std::fs::File::open(p).with_context(|| format!("cannot open {}", p.display()))?;
         let size = f.metadata().map(|m| m.len()).unwrap_or(0);
-        t.send(wire::FILE, &FileHeader { name: name.clone(), size })?;
+        let ranges = eager.and_then(|e| e.get(&name)).cloned();
+        t.send(wire::FILE, &FileHeader { name: name.clone(), size, ranges: ranges.clone() })?;
         let mut hash = sha2::Sha256::new();
-        let mut left = size;
-        while left > 0 {
-            let n = f.read(&mut buf[..wire::CHUNK.min(left as usize)]).with_context(|| format!("cannot read {}", p.display()))?;
-            if n == 0 {
-                return Err(Error::new(ErrorKind::System, format!("{} shrank while being sent", p.display())));
+        for (offset, len) in ranges.unwrap_or_else(|| vec![(0, size)]) {
+            std::io::Seek::seek(&mut f, std::io::SeekFrom::Start(offset)).with_context(|| format!("cannot read {}", p.display()))?;
+            let mut left = len;
+            while left > 0 {
+                let n = f.read(&mut buf[..wire::CHUNK.min(left as usize)]).with_context(|| format!("cannot read {}", p.display()))?;
+                if n == 0 {
+                    return Err(Error::new(ErrorKind::System, format!("{} shrank while being sent", p.display())));
+                }
+                hash.update(&buf[..n]);
+                t.data(&buf[..n])?;
+                left -= n as u64;
+                sent += n as u64;
             }
-            hash.update(&buf[..n]);
-            t.data(&buf[..n])?;
-            left -= n as u64;
-            sent += n as u64;
         }
         let sha256 = crate::files::hex(&hash.finalize());
         t.send(wire::FILE_END, &FileEnd { sha256 })?;
-        events.stage("migrating", &format!("sent {} of {} KiB of images besides the memory", sent >> 10, total >> 10));
+        events.stage("migrating", &format!("sent {} KiB of images besides the memory", sent >> 10));
     }
-    t.send(wire::RESTORE, &RestoreRequest { keep_address })?;
+    Ok((sent, names.len()))
+}
+
+/// Asks for the restore; the answer must be "running".
+fn request_restore(t: &mut Transport, keep_address: bool, lazy: bool, events: &dyn Events) -> Result<Answer> {
+    t.send(wire::RESTORE, &RestoreRequest { keep_address, lazy })?;
     events.stage("migrating", "the destination is restoring");
     let done = t.answer(RESTORE_LIMIT, "the destination did not report the restore")?;
     events.done();
+    restored(done)
+}
+
+fn restored(done: Answer) -> Result<Answer> {
     if !done.ok {
         return Err(Error::new(ErrorKind::Criu, format!("the destination could not restore: {}", done.message)).with_hint(if done.hint.is_empty() { "the workload runs on here; see the destination's cns logs".into() } else { done.hint.clone() }));
     }
-    Ok((sent, names.len(), done))
+    Ok(done)
+}
+
+/// A `criu page-server --lazy-pages` serving the dump's memory from this
+/// host's images to the destination's lazy-pages daemon, over a socket
+/// this process carries through the channel.
+struct LazyServer {
+    child: Child,
+    sock: std::os::unix::net::UnixStream,
+}
+
+impl LazyServer {
+    fn start(rt: &Runtime, images: &Path) -> Result<LazyServer> {
+        let criu = rt.criu()?;
+        let (theirs, ours) = std::os::unix::net::UnixStream::pair().context("cannot make a socket pair")?;
+        let fd = theirs.as_raw_fd();
+        let mut cmd = Command::new(&criu.path);
+        cmd.args(["page-server", "--lazy-pages", "--ps-socket", &fd.to_string(), "-o", "page-server.log", "-v4", "-D"]).arg(images);
+        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+        cns_engine::rpc::keep_fds(&mut cmd, vec![fd]);
+        let child = cmd.spawn().map_err(|e| Error::wrap(format!("cannot run {} page-server", criu.path.display()), e))?;
+        drop(theirs);
+        Ok(LazyServer { child, sock: ours })
+    }
+
+    /// Carries the page server's stream until the destination says how its
+    /// lazy restore ended. Returns when the destination runs the workload
+    /// with all of its memory.
+    fn serve(mut self, t: &mut Transport, bytes: u64, files: usize, events: &dyn Events) -> Result<Moved> {
+        let sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let closed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut from_server = self.sock.try_clone().context("cannot clone a socket")?;
+        let mut to_server = self.sock.try_clone().context("cannot clone a socket")?;
+        let out = Arc::clone(&t.out);
+        let counter = Arc::clone(&sent);
+        let up = std::thread::spawn(move || {
+            let _ = wire::forward(&mut from_server, &out, wire::LAZY_PAGES, Some(&counter));
+        });
+        let mut inp = t.inp.take().ok_or_else(|| Error::msg("the connection is already lent"))?;
+        let (tx, rx) = std::sync::mpsc::channel::<Result<(u8, Vec<u8>), String>>();
+        let saw_close = Arc::clone(&closed);
+        let down = std::thread::spawn(move || {
+            let mut asks = AskWatch::default();
+            loop {
+                match wire::read_frame(&mut inp) {
+                    Ok(Some((wire::LAZY_ASK, b))) => {
+                        if asks.feed(&b) {
+                            saw_close.store(true, std::sync::atomic::Ordering::SeqCst);
+                        }
+                        let _ = std::io::Write::write_all(&mut to_server, &b);
+                    }
+                    Ok(Some(f)) => {
+                        if tx.send(Ok(f)).is_err() {
+                            break;
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        let _ = tx.send(Err(e.to_string()));
+                        break;
+                    }
+                }
+            }
+            let _ = to_server.shutdown(std::net::Shutdown::Both);
+        });
+        let outcome = self.wait(t, &rx, &sent, &closed, events);
+        // Whatever happened, nothing waits on the server any more.
+        let _ = self.sock.shutdown(std::net::Shutdown::Both);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = up.join();
+        drop(rx);
+        // The reader ends with the channel, which the caller closes.
+        drop(down);
+        let (answer, running_at) = outcome?;
+        Ok(Moved { bytes: bytes + sent.load(std::sync::atomic::Ordering::Relaxed), files, answer, running_at })
+    }
+
+    /// The destination's "running", then its LAZY_DONE.
+    fn wait(&mut self, t: &mut Transport, rx: &std::sync::mpsc::Receiver<Result<(u8, Vec<u8>), String>>, sent: &std::sync::atomic::AtomicU64, closed: &std::sync::atomic::AtomicBool, events: &dyn Events) -> Result<(Answer, Instant)> {
+        let frame = |limit: Duration| rx.recv_timeout(limit).map_err(|_| "no answer".to_string()).and_then(|r| r);
+        let answer = match frame(RESTORE_LIMIT) {
+            Ok((wire::ANSWER, b)) => serde_json::from_slice::<Answer>(&b).map_err(|e| Error::new(ErrorKind::Archive, format!("a bad answer from the destination: {e}")))?,
+            Ok((k, _)) => return Err(Error::new(ErrorKind::Archive, format!("unexpected frame '{}' from the destination", k as char))),
+            Err(m) => return Err(t.broken(&format!("the destination did not report the restore ({m})"))),
+        };
+        let answer = restored(answer)?;
+        let running_at = Instant::now();
+        // The workload runs there; its memory is still here. Progress until
+        // the destination says every page is in, or the stream stalls.
+        let mut last = (0u64, Instant::now());
+        loop {
+            match rx.recv_timeout(Duration::from_millis(250)) {
+                Ok(Ok((wire::LAZY_DONE, b))) => {
+                    events.done();
+                    let end: wire::LazyEnd = serde_json::from_slice(&b).map_err(|e| Error::new(ErrorKind::Archive, format!("a bad end from the destination: {e}")))?;
+                    if end.ok {
+                        return Ok((answer, running_at));
+                    }
+                    return Err(Error::new(ErrorKind::Criu, format!("the destination could not pull all the memory: {}", end.message))
+                        .with_hint("the workload resumes here as it was when frozen; what it did there is lost"));
+                }
+                Ok(Ok((k, _))) => return Err(Error::new(ErrorKind::Archive, format!("unexpected frame '{}' from the destination", k as char))),
+                Ok(Err(_)) | Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                    if closed.load(std::sync::atomic::Ordering::SeqCst) {
+                        // The daemon had asked for everything and said so:
+                        // the workload runs there with all its memory.
+                        events.stage("migrating", "the link closed after the last page: check the workload on the destination");
+                        events.done();
+                        return Ok((answer, running_at));
+                    }
+                    return Err(t.broken("the link broke while the destination pulled the memory (the copy there dies without it; the workload resumes here as it was when frozen)"));
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                    let b = sent.load(std::sync::atomic::Ordering::Relaxed);
+                    if b != last.0 {
+                        last = (b, Instant::now());
+                    } else if last.1.elapsed() > PRECHECK_LIMIT {
+                        return Err(Error::new(ErrorKind::System, format!("the destination pulled no memory for {} s", PRECHECK_LIMIT.as_secs())).with_hint("the copy there is killed; the workload resumes here as it was when frozen"));
+                    }
+                    events.stage("migrating", &format!("running there; {} MiB of memory pulled", b >> 20));
+                }
+            }
+        }
+    }
+}
+
+/// Watches the lazy-pages daemon's requests for its closing one: CRIU's
+/// page-server requests are fixed records of 32 bytes, the command in the
+/// first four (little-endian; PS_IOV_CLOSE 0x1023, PS_IOV_FORCE_CLOSE
+/// 0x1024 in the low 16 bits). The daemon sends it once it has stopped
+/// asking, so a link that breaks after it cannot have starved the copy.
+#[derive(Default)]
+struct AskWatch {
+    partial: Vec<u8>,
+}
+
+impl AskWatch {
+    const RECORD: usize = 32;
+
+    /// Feeds bytes; true once a closing request has passed.
+    fn feed(&mut self, b: &[u8]) -> bool {
+        self.partial.extend_from_slice(b);
+        let mut closing = false;
+        let whole = self.partial.len() / Self::RECORD * Self::RECORD;
+        for r in self.partial[..whole].chunks_exact(Self::RECORD) {
+            let cmd = u32::from_le_bytes([r[0], r[1], r[2], r[3]]) & 0xffff;
+            closing |= cmd == 0x1023 || cmd == 0x1024;
+        }
+        self.partial.drain(..whole);
+        closing
+    }
 }
 
 /// Pre-copy needs the kernel's soft-dirty tracking, which CRIU reports.

@@ -31,6 +31,12 @@ pub const PAGES: u8 = b'P';
 pub const PAGES_BACK: u8 = b'p';
 /// Destination -> source: the page server has ended (JSON: PageServerEnd).
 pub const PAGES_DONE: u8 = b'Q';
+/// Post-copy (`--lazy`): the destination's lazy-pages daemon asks the
+/// source's page server for memory (`L`) and gets it back (`l`).
+pub const LAZY_ASK: u8 = b'L';
+pub const LAZY_PAGES: u8 = b'l';
+/// Destination -> source: the lazy-pages daemon has ended (JSON: LazyEnd).
+pub const LAZY_DONE: u8 = b'Z';
 
 pub fn write_frame(w: &mut dyn Write, kind: u8, payload: &[u8]) -> io::Result<()> {
     let len = u32::try_from(payload.len()).map_err(|_| io::Error::other("frame too large"))?;
@@ -122,6 +128,9 @@ pub struct Hello {
     pub rootfs: Option<PathBuf>,
     /// Its bind mounts (`SRC:DST`), whose sources must exist there.
     pub binds: Vec<String>,
+    /// Post-copy: the destination must be able to restore lazily.
+    #[serde(default)]
+    pub lazy: bool,
 }
 
 /// Destination -> source: the pre-check's answer, and the restore's.
@@ -148,6 +157,10 @@ impl Answer {
 pub struct FileHeader {
     pub name: String,
     pub size: u64,
+    /// Only these byte ranges (offset, length) follow, in order; the rest
+    /// of the file is a hole (the pages a lazy restore gets on demand).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ranges: Option<Vec<(u64, u64)>>,
 }
 
 /// After a file's data: its SHA-256, checked on arrival.
@@ -163,10 +176,21 @@ pub struct PageServerEnd {
     pub message: String,
 }
 
+/// The destination's lazy-pages daemon has ended: `ok` when every page is
+/// in and the workload runs on.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LazyEnd {
+    pub ok: bool,
+    pub message: String,
+}
+
 /// Every file sent: restore now.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RestoreRequest {
     pub keep_address: bool,
+    /// Post-copy: restore at once, the memory pulled from the source.
+    #[serde(default)]
+    pub lazy: bool,
 }
 
 #[cfg(test)]
@@ -177,7 +201,7 @@ mod tests {
     fn frames_round_trip_and_oversized_ones_are_refused() {
         let mut b = Vec::new();
         write_frame(&mut b, DATA, b"abc").expect("write");
-        send(&mut b, RESTORE, &RestoreRequest { keep_address: true }).expect("send");
+        send(&mut b, RESTORE, &RestoreRequest { keep_address: true, lazy: false }).expect("send");
         let mut r = &b[..];
         assert_eq!(read_frame(&mut r).expect("read"), Some((DATA, b"abc".to_vec())));
         let req: RestoreRequest = expect(&mut r, RESTORE).expect("restore");
