@@ -23,6 +23,17 @@ pub fn work_dir(images: &Path, name: &str) -> PathBuf {
     images.join(format!(".lazy-{name}"))
 }
 
+/// The two ends of a socket pair to a remote page server. Only with
+/// `detach`: the monitor hands `daemon_end` to the lazy-pages daemon and
+/// closes both its copies (so the stream ends when the daemon or the
+/// caller does); the caller closes its `daemon_end` after the restore and
+/// carries the stream on `caller_end`.
+#[derive(Debug, Clone, Copy)]
+pub struct RemotePages {
+    pub daemon_end: std::os::fd::RawFd,
+    pub caller_end: std::os::fd::RawFd,
+}
+
 /// Refuses a lazy restore this host cannot do, in one line.
 pub fn check_host() -> Result<()> {
     match cns_engine::lazy::host_problem() {
@@ -36,7 +47,7 @@ pub fn check_host() -> Result<()> {
 /// from the page server at the other end, and this process's copies of the
 /// pair are closed once the daemon has its end (so the stream ends with
 /// the daemon, or with the caller that carries it).
-pub fn start(criu: &Path, images: &Path, work: &Path, state_dir: &Path, remote: Option<crate::checkpoint::restore::RemotePages>) -> Result<Daemon> {
+pub fn start(criu: &Path, images: &Path, work: &Path, state_dir: &Path, remote: Option<RemotePages>) -> Result<Daemon> {
     if let Some(r) = remote {
         // SAFETY: the monitor's inherited copy of the caller's end, unused here.
         unsafe { libc::close(r.caller_end) };

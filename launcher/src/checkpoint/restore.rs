@@ -54,7 +54,7 @@ pub struct RestoreOptions {
     pub lazy: bool,
     /// With `lazy`: the memory comes from a page server (a migration's
     /// source) reached through a socket pair instead of the pages files.
-    pub lazy_page_server: Option<RemotePages>,
+    pub lazy_page_server: Option<crate::checkpoint::lazy::RemotePages>,
     /// Where the checkpoint's root directory is now (`--rootfs`).
     pub rootfs: Option<PathBuf>,
     /// New sources for the checkpoint's bind mounts (`SRC:DST`).
@@ -64,17 +64,6 @@ pub struct RestoreOptions {
     /// The address to give it (a migration keeps the source's when the
     /// destination has it free).
     pub address: Option<LinkAddrs>,
-}
-
-/// The two ends of a socket pair to a remote page server. Only with
-/// `detach`: the monitor hands `daemon_end` to the lazy-pages daemon and
-/// closes both its copies (so the stream ends when the daemon or the
-/// caller does); the caller closes its `daemon_end` after the restore and
-/// carries the stream on `caller_end`.
-#[derive(Debug, Clone, Copy)]
-pub struct RemotePages {
-    pub daemon_end: std::os::fd::RawFd,
-    pub caller_end: std::os::fd::RawFd,
 }
 
 /// A restored, running workload.
@@ -119,7 +108,7 @@ pub struct RestorePlan {
     /// A lazy restore's own work dir (its daemon's socket and the logs).
     pub lazy_dir: Option<PathBuf>,
     /// Its remote page server (RestoreOptions::lazy_page_server).
-    pub lazy_page_server: Option<RemotePages>,
+    pub lazy_page_server: Option<crate::checkpoint::lazy::RemotePages>,
     /// Mounts CRIU makes in a private mount namespace of its own: the
     /// overlay root of a workload with a root file system of its own.
     pub private_mounts: Vec<cns_engine::PrivateMount>,

@@ -79,7 +79,7 @@ fn receive_lazy(rt: &Runtime, hello: &Hello, staging: &Path, req: &RestoreReques
     // The restore forks the workload's monitor, which closes its copy of
     // our end: no other copy may exist (no try_clone), or the daemon's
     // stream would outlive this process.
-    let pages = crate::checkpoint::restore::RemotePages { daemon_end: daemon_end.as_raw_fd(), caller_end: ours.as_raw_fd() };
+    let pages = crate::checkpoint::lazy::RemotePages { daemon_end: daemon_end.as_raw_fd(), caller_end: ours.as_raw_fd() };
     let state_dir = rt.store.paths.workload_dir(&hello.name);
     let name = hello.name.clone();
     let sock = &ours;
@@ -339,7 +339,7 @@ fn file_ranges(h: &FileHeader) -> Result<Vec<(u64, u64)>> {
 }
 
 /// The received checkpoint becomes `images/NAME` and is restored detached.
-fn restore_received(rt: &Runtime, h: &Hello, staging: &Path, req: &RestoreRequest, pages: Option<crate::checkpoint::restore::RemotePages>) -> Result<Answer> {
+fn restore_received(rt: &Runtime, h: &Hello, staging: &Path, req: &RestoreRequest, pages: Option<crate::checkpoint::lazy::RemotePages>) -> Result<Answer> {
     let meta = crate::checkpoint::meta::read_meta(staging)?;
     if meta.workload.name != h.name {
         return Err(Error::new(ErrorKind::Archive, format!("the images are of workload {}, not {}", meta.workload.name, h.name)));
