@@ -13,6 +13,8 @@ use crate::rpc::LOG_LEVEL;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Operation {
     Dump,
+    /// A dump of the memory only, the tree left running (pre-copy rounds).
+    PreDump,
     Restore,
 }
 
@@ -21,6 +23,7 @@ impl Operation {
     pub fn name(self) -> &'static str {
         match self {
             Operation::Dump => "dump",
+            Operation::PreDump => "pre-dump",
             Operation::Restore => "restore",
         }
     }
@@ -112,6 +115,11 @@ pub struct CriuOptions {
     /// socket (an fd handed to swrk at its own number) instead of writing
     /// them into the image directory.
     pub page_server_fd: Option<i32>,
+    /// Dump: the previous round's images, relative to `images` (pages
+    /// unchanged since then are not sent again).
+    pub parent_img: Option<String>,
+    /// Dump: track the pages written from now on (soft-dirty), for a next round.
+    pub track_mem: bool,
 }
 
 impl CriuOptions {
@@ -133,6 +141,8 @@ impl CriuOptions {
             ghost_limit: None,
             lazy_pages: false,
             page_server_fd: None,
+            parent_img: None,
+            track_mem: false,
         }
     }
 
@@ -154,6 +164,8 @@ impl CriuOptions {
             ghost_limit: None,
             lazy_pages: false,
             page_server_fd: None,
+            parent_img: None,
+            track_mem: false,
         }
     }
 
@@ -176,6 +188,8 @@ impl CriuOptions {
             ghost_limit: self.ghost_limit,
             lazy_pages: self.lazy_pages.then_some(true),
             ps: self.page_server_fd.filter(|_| !restore).map(|fd| crate::proto::CriuPageServerInfo { fd: Some(fd), ..Default::default() }),
+            parent_img: self.parent_img.clone().filter(|_| !restore),
+            track_mem: (!restore && self.track_mem).then_some(true),
             log_level: Some(LOG_LEVEL),
             log_file: Some(self.log_file.clone()),
             work_dir_fd: work_dir.map(|f| f.as_raw_fd()),
@@ -220,7 +234,13 @@ impl CriuOptions {
         if let Some(g) = self.ghost_limit {
             v.extend(["--ghost-limit".into(), g.to_string()]);
         }
-        if self.op == Operation::Dump {
+        if self.op != Operation::Restore {
+            if let Some(p) = &self.parent_img {
+                v.extend(["--prev-images-dir".into(), p.clone()]);
+            }
+            if self.track_mem {
+                v.push("--track-mem".into());
+            }
             if self.leave_running {
                 v.push("--leave-running".into());
             }

@@ -301,6 +301,25 @@ impl Swrk {
         self.call("DUMP", req, on_notify).map(|_| ())
     }
 
+    /// One pre-copy round (an [`Operation::PreDump`]): the tree's memory,
+    /// the tree left running.
+    pub fn pre_dump(self, opts: &CriuOptions, dirs: Dirs<'_>) -> Result<(), RpcError> {
+        if opts.op != Operation::PreDump {
+            return Err(RpcError::Protocol { op: "PRE_DUMP", what: "other options given to a pre-dump".into() });
+        }
+        let req = CriuReq { r#type: CriuReqType::PreDump as i32, opts: Some(opts.to_rpc(dirs.images, dirs.work, &[])), ..Default::default() };
+        self.call("PRE_DUMP", req, &mut |_| NotifyAction::Continue).map(|_| ())
+    }
+
+    /// Whether the kernel tracks the pages a process writes (soft-dirty),
+    /// which pre-copy needs: CRIU's FEATURE_CHECK for mem_track.
+    pub fn tracks_memory(self) -> Result<bool, RpcError> {
+        let req = CriuReq { r#type: CriuReqType::FeatureCheck as i32, features: Some(crate::proto::CriuFeatures { mem_track: Some(true), lazy_pages: None }), ..Default::default() };
+        // The answer is successful when the check ran; the verdict is in features.
+        let resp = self.call("FEATURE_CHECK", req, &mut |_| NotifyAction::Continue)?;
+        Ok(resp.features.and_then(|f| f.mem_track).unwrap_or(false))
+    }
+
     /// Restores a tree described by `opts` (an [`Operation::Restore`]);
     /// returns the host pid of the restored root. `inherit` are (key, fd)
     /// pairs: CRIU gives the restored tree `fd` wherever the image had a

@@ -7,7 +7,7 @@ pub mod send;
 pub mod wire;
 
 pub use receive::receive;
-pub use send::{Dest, MigrateOptions, MigrateReport, migrate, parse_dest};
+pub use send::{Dest, MigrateOptions, MigrateReport, another_round, migrate, parse_dest};
 
 #[cfg(test)]
 mod tests {
@@ -20,5 +20,17 @@ mod tests {
         for bad in ["", "-oProxyCommand=x", "root@-x", "a b", "h:0", "h:99999", "@h", "h;rm"] {
             assert!(parse_dest(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn precopy_rounds_go_on_only_while_the_dirty_set_shrinks() {
+        assert!(another_round(1, None, 10_000));
+        assert!(another_round(2, Some(10_000), 6_000));
+        // Not under 70 % of the round before: it no longer converges.
+        assert!(!another_round(3, Some(6_000), 4_500));
+        // Little left: the final dump takes it.
+        assert!(!another_round(2, Some(10_000), 63));
+        assert!(!another_round(8, Some(1_000_000), 10));
+        assert!(!another_round(8, Some(1_000_000), 100_000));
     }
 }

@@ -218,13 +218,33 @@ struct PageServer {
 }
 
 impl PageServer {
-    fn start(rt: &Runtime, dir: &Path, out: &Out) -> Result<PageServer> {
+    fn start(rt: &Runtime, staging: &Path, req: &wire::PageServerRequest, out: &Out) -> Result<PageServer> {
+        let dir = match &req.dir {
+            Some(d) => {
+                check_name(d)?;
+                let dir = staging.join(d);
+                std::fs::create_dir(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+                dir
+            }
+            None => staging.to_path_buf(),
+        };
+        // The previous round, relative to this one's directory.
+        let parent = match &req.parent {
+            Some(p) => {
+                check_name(p)?;
+                Some(if req.dir.is_some() { format!("../{p}") } else { p.clone() })
+            }
+            None => None,
+        };
         use std::os::fd::AsRawFd;
         let criu = rt.criu()?;
         let (theirs, ours) = UnixStream::pair().context("cannot make a socket pair")?;
         let fd = theirs.as_raw_fd();
         let mut cmd = std::process::Command::new(&criu.path);
-        cmd.args(["page-server", "--ps-socket", &fd.to_string(), "-o", "page-server.log", "-v4", "-D"]).arg(dir);
+        cmd.args(["page-server", "--ps-socket", &fd.to_string(), "-o", "page-server.log", "-v4", "-D"]).arg(&dir);
+        if let Some(p) = &parent {
+            cmd.args(["--prev-images-dir", p]);
+        }
         cmd.stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
         cns_engine::rpc::keep_fds(&mut cmd, vec![fd]);
         let child = cmd.spawn().map_err(|e| Error::wrap(format!("cannot run {} page-server", criu.path.display()), e))?;
@@ -274,8 +294,15 @@ fn receive_files(rt: &Runtime, input: &mut dyn Read, dir: &Path, out: &Out, ps: 
                 }
                 return serde_json::from_slice(&payload).map_err(|e| Error::new(ErrorKind::Archive, format!("a bad restore request: {e}")));
             }
-            wire::PAGE_SERVER if ps.is_none() => {
-                match PageServer::start(rt, dir, out) {
+            wire::PAGE_SERVER => {
+                // Pre-copy: one page server per round, one after the other.
+                if let Some(old) = ps.take() {
+                    old.stop();
+                }
+                let req: wire::PageServerRequest = serde_json::from_slice::<Option<wire::PageServerRequest>>(&payload)
+                    .map_err(|e| Error::new(ErrorKind::Archive, format!("a bad page-server request: {e}")))?
+                    .unwrap_or_default();
+                match PageServer::start(rt, dir, &req, out) {
                     Ok(p) => {
                         *ps = Some(p);
                         say(out, wire::ANSWER, &Answer { ok: true, ..Default::default() })?;

@@ -333,10 +333,11 @@ struct Moved {
 /// then the other images, then the restore.
 #[allow(clippy::too_many_arguments)]
 fn stop_and_copy(rt: &Runtime, l: &crate::workload::Locked, w: &crate::workload::Workload, pid: i32, t: &mut Transport, images: &Path, keeps_address: bool, opts: &MigrateOptions, events: &dyn Events) -> Result<Moved> {
-    let page_bytes = dump_streaming(rt, l, w, pid, t, images, opts, events)?;
+    let (pre_bytes, parent) = if opts.precopy { precopy_rounds(rt, pid, t, images, events)? } else { (0, None) };
+    let page_bytes = dump_streaming(rt, l, w, pid, t, images, parent.as_deref(), opts, events)?;
     let (bytes, files) = send_files(t, images, None, events)?;
     let answer = request_restore(t, keeps_address, false, events)?;
-    Ok(Moved { bytes: bytes + page_bytes, files, answer, running_at: Instant::now() })
+    Ok(Moved { bytes: bytes + page_bytes + pre_bytes, files, answer, running_at: Instant::now() })
 }
 
 /// Post-copy: the dump goes to this host's disk (the tree stays stopped);
@@ -384,12 +385,15 @@ fn hello_for(rt: &Runtime, w: &crate::workload::Workload, pid: i32) -> Result<He
 /// written here); the other images go into `images`. dump_to leaves its
 /// recovery marker (resume the tree, drop these images) for the caller.
 #[allow(clippy::too_many_arguments)]
-fn dump_streaming(rt: &Runtime, l: &crate::workload::Locked, w: &crate::workload::Workload, pid: i32, t: &mut Transport, images: &Path, opts: &MigrateOptions, events: &dyn Events) -> Result<u64> {
+fn dump_streaming(rt: &Runtime, l: &crate::workload::Locked, w: &crate::workload::Workload, pid: i32, t: &mut Transport, images: &Path, parent: Option<&str>, opts: &MigrateOptions, events: &dyn Events) -> Result<u64> {
     let plan_opts = DumpOptions { name: w.name.clone(), images: Some(images.to_path_buf()), ..Default::default() };
     let mut plan = dump::plan(rt, &plan_opts, w, pid)?;
     plan.options.leave_stopped = true;
     plan.migrating = true;
-    t.send(wire::PAGE_SERVER, &())?;
+    // After pre-copy rounds: only the pages written since the last one.
+    plan.options.parent_img = parent.map(str::to_string);
+    plan.options.track_mem = parent.is_some();
+    t.send(wire::PAGE_SERVER, &wire::PageServerRequest { dir: None, parent: parent.map(str::to_string) })?;
     let ps = t.answer(PRECHECK_LIMIT, "the destination did not start its page server")?;
     if !ps.ok {
         return Err(Error::new(ErrorKind::Criu, format!("the destination could not start a page server: {}", ps.message)).with_hint(ps.hint));
@@ -691,13 +695,73 @@ impl AskWatch {
     }
 }
 
-/// Pre-copy needs the kernel's soft-dirty tracking, which CRIU reports.
+/// Pre-copy needs the kernel's soft-dirty tracking: CRIU's FEATURE_CHECK
+/// (mem_track) says whether it is there. Never start a pre-dump without it
+/// (CRIU's pre-dump dies on a BUG and leaves its parasite in the tree).
 fn precopy_supported(rt: &Runtime) -> Result<()> {
     let criu = rt.criu()?;
-    let ok = Command::new(&criu.path).args(["check", "--feature", "mem_dirty_track"]).stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success());
-    if !ok {
-        return Err(Error::new(ErrorKind::Blocked, "--precopy needs the kernel's soft-dirty memory tracking, which this kernel lacks (CRIU: mem_dirty_track)")
-            .with_hint("migrate without --precopy (stop-and-copy), or use a kernel built with CONFIG_MEM_SOFT_DIRTY"));
+    let tracks = cns_engine::rpc::Swrk::start(&criu.path, &[], None)
+        .and_then(|s| s.tracks_memory())
+        .map_err(|e| Error::new(ErrorKind::Criu, format!("cannot ask CRIU whether this kernel tracks dirty memory: {e}")))?;
+    if !tracks {
+        return Err(Error::new(ErrorKind::Blocked, "--precopy needs the kernel's soft-dirty memory tracking, which this kernel lacks (CRIU: mem_track)")
+            .with_hint("migrate without --precopy (stop-and-copy), or with --lazy; or use a kernel built with CONFIG_MEM_SOFT_DIRTY"));
     }
-    Err(Error::new(ErrorKind::Invalid, "--precopy is not implemented by this cns yet, though this kernel could track dirty memory").with_hint("migrate without --precopy"))
+    Ok(())
+}
+
+/// At most this many pre-copy rounds.
+const MAX_ROUNDS: u32 = 8;
+
+/// Whether another pre-copy round is worth it after one that wrote
+/// `written` pages (the one before wrote `before`): not past MAX_ROUNDS,
+/// not when under 64 pages are left, and only while each round writes less
+/// than 70 % of the one before (the dirty set still shrinks; a workload
+/// that writes as fast as the link moves never converges).
+pub fn another_round(round: u32, before: Option<u64>, written: u64) -> bool {
+    round < MAX_ROUNDS && written >= 64 && before.is_none_or(|b| written * 10 < b * 7)
+}
+
+/// Pre-copy: rounds of pre-dumps while the tree runs, each streaming the
+/// pages written since the round before to a page server of its own on
+/// the destination (directory `round-N` there, its parent the round
+/// before), until the dirty set stops shrinking. Returns the bytes sent
+/// and the last round's name, the final dump's parent.
+fn precopy_rounds(rt: &Runtime, pid: i32, t: &mut Transport, images: &Path, events: &dyn Events) -> Result<(u64, Option<String>)> {
+    let criu = rt.criu()?;
+    crate::files::mkdir_private(images).with_context(|| format!("cannot create {}", images.display()))?;
+    let (mut total, mut before, mut parent) = (0u64, None, None::<String>);
+    for round in 1..=MAX_ROUNDS {
+        let name = format!("round-{round}");
+        let dir = images.join(&name);
+        crate::files::mkdir_private(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        t.send(wire::PAGE_SERVER, &wire::PageServerRequest { dir: Some(name.clone()), parent: parent.clone() })?;
+        let ps = t.answer(PRECHECK_LIMIT, "the destination did not start its page server")?;
+        if !ps.ok {
+            return Err(Error::new(ErrorKind::Criu, format!("the destination could not start a page server: {}", ps.message)).with_hint(ps.hint));
+        }
+        let (criu_end, ours) = std::os::unix::net::UnixStream::pair().context("cannot make a socket pair")?;
+        let mut o = cns_engine::CriuOptions::dump(pid, &dir);
+        o.op = cns_engine::Operation::PreDump;
+        o.log_file = "pre-dump.log".into();
+        o.leave_running = true;
+        o.track_mem = true;
+        o.parent_img = parent.as_ref().map(|p| format!("../{p}"));
+        o.page_server_fd = Some(criu_end.as_raw_fd());
+        let pump = PagePump::start(t, ours)?;
+        let d = crate::checkpoint::failure::open_dir(&dir)?;
+        let run = cns_engine::rpc::Swrk::start(&criu.path, &[criu_end.as_raw_fd()], None).and_then(|s| s.pre_dump(&o, cns_engine::rpc::Dirs { images: Some(std::os::fd::AsFd::as_fd(&d)), work: Some(std::os::fd::AsFd::as_fd(&d)) }));
+        drop(criu_end);
+        let sent = pump.finish(t)?;
+        run.map_err(|e| Error::new(ErrorKind::Criu, format!("pre-copy round {round} failed: {e}")).with_hint(format!("the workload runs on here; see {}", dir.join("pre-dump.log").display())))?;
+        let written = cns_engine::ImageDir::new(&dir).dump_stats().map(|s| s.pages_written).unwrap_or(0);
+        total += sent;
+        events.stage("migrating", &format!("pre-copy round {round}: {written} pages ({} MiB) sent while the workload runs", sent >> 20));
+        parent = Some(name);
+        if !another_round(round, before, written) {
+            break;
+        }
+        before = Some(written);
+    }
+    Ok((total, parent))
 }

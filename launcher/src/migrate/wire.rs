@@ -184,6 +184,18 @@ pub struct LazyEnd {
     pub message: String,
 }
 
+/// Source -> destination: start a page server (PAGE_SERVER). Pre-copy
+/// rounds each go into a directory of their own (`dir`, a plain name in the
+/// staging directory); `parent` names the previous round, whose pages the
+/// new ones are relative to. Both absent: the final dump, without parent.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct PageServerRequest {
+    #[serde(default)]
+    pub dir: Option<String>,
+    #[serde(default)]
+    pub parent: Option<String>,
+}
+
 /// Every file sent: restore now.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RestoreRequest {
