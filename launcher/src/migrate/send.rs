@@ -356,8 +356,9 @@ fn post_copy(rt: &Runtime, l: &crate::workload::Locked, w: &crate::workload::Wor
     plan.migrating = true;
     dump::dump_to(rt, l, w, plan, false, events)?;
     let eager = cns_engine::ImageDir::new(images).eager_ranges().map_err(|e| Error::new(ErrorKind::Archive, format!("cannot read the dump's page maps: {e}")))?;
-    let server = LazyServer::start(rt, images)?;
     let (bytes, files) = send_files(t, images, Some(&eager), events)?;
+    // After the files (its log goes into the images directory too).
+    let server = LazyServer::start(rt, images)?;
     t.send(wire::RESTORE, &RestoreRequest { keep_address: keeps_address, lazy: true })?;
     events.stage("migrating", "the destination is restoring (its memory follows on demand)");
     server.serve(t, bytes, files, events)
