@@ -19,6 +19,8 @@ pub const UPPER_ARCHIVE: &str = "rootfs-upper.tar";
 
 /// The static init, built from launcher/init/init.c (see build.rs).
 static STATIC_INIT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/cns-init-static"));
+/// `cns-init-static-` and the first 8 bytes of the BLAKE2b-512 of its bytes, in hex (build.rs).
+const STATIC_INIT_NAME: &str = include_str!(concat!(env!("OUT_DIR"), "/cns-init-static.name"));
 
 /// The layers of workload `name` over `lower`.
 /// A workload's own layers: `upper` (its changes), `work` (overlayfs's)
@@ -162,9 +164,7 @@ pub fn extract_upper(archive: &Path, upper: &Path) -> Result<()> {
 
 /// Where [`static_init`] installs the init (named by the hash of its bytes).
 pub fn static_init_path(lib: &Path) -> PathBuf {
-    use blake2::Digest;
-    let hash = blake2::Blake2b512::digest(STATIC_INIT);
-    lib.join("bin").join(format!("cns-init-static-{}", crate::files::hex(&hash[..8])))
+    lib.join("bin").join(STATIC_INIT_NAME)
 }
 
 /// The static init, installed once under the lib dir by the hash of its
@@ -191,6 +191,13 @@ pub fn static_init(lib: &Path, state: &Path) -> Result<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_static_init_is_named_by_the_hash_of_its_bytes() {
+        use blake2::Digest;
+        let hash = blake2::Blake2b512::digest(STATIC_INIT);
+        assert_eq!(STATIC_INIT_NAME, format!("cns-init-static-{}", crate::files::hex(&hash[..8])));
+    }
 
     #[test]
     fn loopback_stubs_are_replaced_by_their_upstream_servers() {

@@ -201,12 +201,26 @@ fn start_locked(rt: &Runtime, opts: &RunOptions, c: &Checked, locked: &Locked, r
     rollback.rules = true;
     net::install_rules(rt, name, &w.net)?;
     let spec = spec(rt, opts, c, &w, stdio_mount)?;
-    let (pid, monitor) = launch(rt, &spec, &w.net, &c.confine.limits, locked, opts.detach)?;
-    w.mark_running(pid, monitor);
-    let recorded = locked.save(&w).and_then(|()| match &opts.pidfile {
+    let net_cfg = w.net.clone();
+    // Recorded as running while the child sets itself up (its PID and
+    // namespaces are final from the clone on), not after CMD's exec: a
+    // short command is then not kept waiting on cns's bookkeeping. A
+    // failure to start rolls the record back as before.
+    let mut record = |pid: i32| -> Result<()> {
+        w.mark_running(pid, std::process::id() as i32);
+        locked.save(&w)?;
+        recovery::set_root(&locked.dir, pid);
+        Ok(())
+    };
+    let (pid, monitor) = launch(rt, &spec, &net_cfg, &c.confine.limits, locked, opts.detach, &mut record)?;
+    if w.pid != Some(pid) {
+        // Detached: the monitor recorded it; this process learns it here.
+        w.mark_running(pid, monitor);
+    }
+    let recorded = match &opts.pidfile {
         Some(p) => crate::files::write_pidfile(p, pid),
         None => Ok(()),
-    });
+    };
     if let Err(e) = recorded {
         // Nothing runs that is not recorded: the caller rolls back the
         // address and the record, so the tree goes too.
@@ -241,6 +255,10 @@ fn spec(rt: &Runtime, opts: &RunOptions, c: &Checked, w: &Workload, stdio_mount:
     let own_root = c.confine.rootfs.is_some();
     let name = &c.name;
     let log = w.log.clone();
+    // Every workload's PID 1 is cns's small static init (checked byte for
+    // byte before use): it starts in a fraction of cns's own start-up and
+    // runs in any root.
+    let init = crate::confine::rootfs::static_init(&rt.store.paths.lib, &rt.store.paths.state)?;
     Ok(Spec {
         command: opts.command.clone(),
         env: c.env.clone(),
@@ -251,12 +269,12 @@ fn spec(rt: &Runtime, opts: &RunOptions, c: &Checked, w: &Workload, stdio_mount:
         cap_drop: c.cap_drop.clone(),
         seccomp: c.seccomp.clone(),
         net: w.net.addrs,
-        init_binary: spawn::init_binary(&rt.store.paths.lib, &rt.store.paths.state)?,
+        init_binary: init.clone(),
         masked: masked_dirs(rt)?,
         read_only: vec![rt.store.paths.lib.join("bin"), rt.config_dir()],
         layout: crate::confine::layout(&rt.store.paths.lib, name, &c.confine),
         user: c.confine.user.clone(),
-        static_init: if own_root { Some(crate::confine::rootfs::static_init(&rt.store.paths.lib, &rt.store.paths.state)?) } else { None },
+        static_init: own_root.then_some(init),
     })
 }
 
@@ -273,7 +291,9 @@ fn masked_dirs(rt: &Runtime) -> Result<Vec<PathBuf>> {
 
 /// Starts the tree, in a detached monitor or as the caller's child, and
 /// serves its published ports. Returns the root and its monitor.
-fn launch(rt: &Runtime, spec: &Spec, net: &NetConfig, limits: &crate::confine::cgroup::Limits, locked: &Locked, detach: bool) -> Result<(i32, i32)> {
+/// `record` runs once the child exists (in the monitor when detached).
+#[allow(clippy::too_many_arguments)]
+fn launch(rt: &Runtime, spec: &Spec, net: &NetConfig, limits: &crate::confine::cgroup::Limits, locked: &Locked, detach: bool, record: &mut dyn FnMut(i32) -> Result<()>) -> Result<(i32, i32)> {
     let mut published = Some(crate::net::publish::bind(net)?);
     // The cgroup before the child goes on: everything it forks is in it.
     let mut before_go = |pid: i32| {
@@ -283,10 +303,8 @@ fn launch(rt: &Runtime, spec: &Spec, net: &NetConfig, limits: &crate::confine::c
         }
         net::attach(net, pid)
     };
-    let state_dir = locked.dir.clone();
     let mut work = || -> Result<i32> {
-        let pid = spawn::start(spec, &mut before_go)?;
-        recovery::set_root(&state_dir, pid);
+        let pid = spawn::start(spec, &mut before_go, record)?;
         if let Some(p) = published.take() {
             p.serve(net);
         }

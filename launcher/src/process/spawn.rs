@@ -14,7 +14,6 @@
 //! dumped tree is init and everything below it.
 
 use std::ffi::CString;
-use std::io::Write;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 
@@ -44,7 +43,8 @@ pub struct Spec {
     pub seccomp: Option<BpfProgram>,
     /// Inner end of the veth (host end created by the caller's `before_go`).
     pub net: Option<cns_netns::LinkAddrs>,
-    /// The binary init re-executes as (see [`init_binary`]).
+    /// The binary init re-executes as: cns's static init
+    /// (confine::rootfs::static_init), at its host path.
     pub init_binary: PathBuf,
     /// cns's own directories: hidden inside the workload (state, images, logs).
     pub masked: Vec<PathBuf>,
@@ -57,64 +57,6 @@ pub struct Spec {
     pub static_init: Option<PathBuf>,
     /// The user CMD runs as.
     pub user: Option<crate::confine::user::User>,
-}
-
-/// The binary the workload's init runs: a copy of this cns binary under the
-/// lib dir, named by its size and mtime. A checkpoint refers to the init's
-/// binary by path and size, so a copy that never changes keeps old
-/// checkpoints restorable after cns itself is rebuilt or upgraded.
-pub fn init_binary(lib: &std::path::Path, state: &std::path::Path) -> crate::error::Result<PathBuf> {
-    use crate::error::Context;
-    use std::os::unix::fs::{MetadataExt, PermissionsExt};
-    let exe = std::fs::read_link("/proc/self/exe").context("cannot find the cns binary")?;
-    let m = std::fs::metadata(&exe).context("cannot stat the cns binary")?;
-    let dir = lib.join("bin");
-    let path = dir.join(format!("cns-init-{}-{}-{}", env!("CARGO_PKG_VERSION"), m.size(), m.mtime()));
-    if path.exists() {
-        // Verified before every use: a copy that is not byte for byte this
-        // binary (a workload with CAP_SYS_ADMIN could have replaced it) is
-        // never run as a workload's PID 1. The full compare is remembered
-        // in cns's state dir, hidden from workloads.
-        if crate::files::verified(&path, &state.join(".init-verified"), || same_content(&exe, &path)) {
-            return Ok(path);
-        }
-        tracing::warn!(path = %path.display(), "the init copy differs from cns: replacing it");
-        std::fs::remove_file(&path).with_context(|| format!("cannot remove the altered {}", path.display()))?;
-    }
-    crate::files::mkdir_private(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let tmp = dir.join(format!(".init.{:016x}", crate::files::random_u64()));
-    std::fs::copy(&exe, &tmp).with_context(|| format!("cannot copy {} to {}", exe.display(), tmp.display()))?;
-    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o700)).context("cannot set the mode of the init copy")?;
-    // link(2), not rename(2): a concurrent cns may have installed the same
-    // copy meanwhile, and replacing it would leave its running inits mapping
-    // a deleted file (which CRIU then has to carry as a ghost).
-    let r = std::fs::hard_link(&tmp, &path);
-    let _ = std::fs::remove_file(&tmp);
-    match r {
-        Ok(()) => Ok(path),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(path),
-        Err(e) => Err(Error::wrap(format!("cannot install {}", path.display()), e)),
-    }
-}
-
-/// Whether two files hold the same bytes (read in 1 MiB chunks; the
-/// binary is in the page cache, so this costs a few milliseconds).
-fn same_content(a: &std::path::Path, b: &std::path::Path) -> bool {
-    use std::io::Read;
-    let (Ok(mut fa), Ok(mut fb)) = (std::fs::File::open(a), std::fs::File::open(b)) else { return false };
-    if fa.metadata().map(|m| m.len()).ok() != fb.metadata().map(|m| m.len()).ok() {
-        return false;
-    }
-    let (mut ba, mut bb) = (vec![0u8; 1 << 20], vec![0u8; 1 << 20]);
-    loop {
-        let Ok(n) = fa.read(&mut ba) else { return false };
-        if n == 0 {
-            return fb.read(&mut bb[..1]).is_ok_and(|m| m == 0);
-        }
-        if fb.read_exact(&mut bb[..n]).is_err() || ba[..n] != bb[..n] {
-            return false;
-        }
-    }
 }
 
 /// A failed setup step in the child, reported to the parent.
@@ -200,8 +142,18 @@ fn pipe() -> Result<(OwnedFd, OwnedFd), SpawnError> {
 /// parent once the child exists (its host PID given) and before the child
 /// sets itself up: it creates the host end of the veth and writes pidfiles.
 /// Returns the host PID of init once CMD has been exec'd.
-pub fn start(spec: &Spec, before_go: &mut dyn FnMut(i32) -> crate::error::Result<()>) -> Result<i32, SpawnError> {
-    let (go_r, go_w) = pipe()?;
+/// `after_go` runs in the parent while the child finishes its setup and
+/// execs (records that need only its PID); its error kills the child.
+pub fn start(spec: &Spec, before_go: &mut dyn FnMut(i32) -> crate::error::Result<()>, after_go: &mut dyn FnMut(i32) -> crate::error::Result<()>) -> Result<i32, SpawnError> {
+    // A socket, not a pipe: the child may fail and go before it reads, and
+    // the parent's send must then fail (MSG_NOSIGNAL), not raise SIGPIPE.
+    let (go_r, go_w) = nix::sys::socket::socketpair(
+        nix::sys::socket::AddressFamily::Unix,
+        nix::sys::socket::SockType::Stream,
+        None,
+        nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+    )
+    .map_err(SpawnError::Pipe)?;
     let (rep_r, rep_w) = pipe()?;
     nix::sched::unshare(CloneFlags::from_bits_retain(libc::CLONE_NEWTIME)).map_err(SpawnError::TimeNs)?;
     match crate::process::clone::fork_into(namespace_flags()).map_err(SpawnError::Clone)? {
@@ -219,9 +171,13 @@ pub fn start(spec: &Spec, before_go: &mut dyn FnMut(i32) -> crate::error::Result
                 let _ = waitpid(child, None);
                 return Err(SpawnError::Parent(e));
             }
-            let mut go = std::fs::File::from(go_w);
-            let _ = go.write_all(b"g");
-            drop(go);
+            let _ = nix::sys::socket::send(go_w.as_raw_fd(), b"g", nix::sys::socket::MsgFlags::MSG_NOSIGNAL);
+            drop(go_w);
+            if let Err(e) = after_go(pid) {
+                let _ = nix::sys::signal::kill(child, Signal::SIGKILL);
+                let _ = waitpid(child, None);
+                return Err(SpawnError::Parent(e));
+            }
             // Nothing comes back when CMD was exec'd (the pipe is close-on-exec).
             let Some(report) = Report::receive(rep_r) else { return Ok(pid) };
             let _ = nix::sys::signal::kill(child, Signal::SIGKILL);
@@ -252,13 +208,6 @@ fn errno_of(e: &nix::Error) -> Option<i32> {
 
 /// The whole setup of the workload, in order, inside the new namespaces.
 fn setup_namespace(spec: &Spec, go: OwnedFd) -> Result<(), StepError> {
-    // 0. Wait until the parent has put the veth in place.
-    let mut b = [0u8; 1];
-    let n = nix::unistd::read(&go, &mut b).unwrap_or(0);
-    drop(go);
-    if n != 1 {
-        return Err(StepError::new("waiting for the parent", "the parent went away", None, "run with -v"));
-    }
     // 1. A session of its own: CRIU needs the session leader inside the tree.
     nix::unistd::setsid().map_err(|e| StepError::new("setsid", e, errno_of(&e), "should not happen in a fresh pid ns"))?;
     // 2. Mounts: private propagation, host nsfs mounts gone, the root of
@@ -274,7 +223,15 @@ fn setup_namespace(spec: &Spec, go: OwnedFd) -> Result<(), StepError> {
     // 3. Hostname.
     nix::unistd::sethostname(&spec.hostname)
         .map_err(|e| StepError::new("sethostname", e, errno_of(&e), "hostnames are at most 64 bytes"))?;
-    // 4. Network: lo up (CRIU needs it), eth0 address and default route.
+    // 4. Wait until the parent has put the veth in place (the steps above
+    //    ran meanwhile), then the network: lo up (CRIU needs it), eth0
+    //    address and default route.
+    let mut b = [0u8; 1];
+    let n = nix::unistd::read(&go, &mut b).unwrap_or(0);
+    drop(go);
+    if n != 1 {
+        return Err(StepError::new("waiting for the parent", "the parent went away", None, "run with -v"));
+    }
     let nl = cns_netns::Netlink::new().map_err(|e| StepError::new("netlink", e, None, "is the kernel built with CONFIG_NET?"))?;
     cns_netns::configure_inside(&nl, spec.net.as_ref())
         .map_err(|e| StepError::new("network setup", &e, e.raw_os_error(), "check that the veth reached the namespace"))?;
@@ -386,7 +343,7 @@ fn child_main(spec: &Spec, go: OwnedFd, rep: OwnedFd) -> ! {
                 let _ = nix::unistd::execv(c"/dev/.cns-init", &[c"cns-init".to_owned(), pid]);
             } else {
                 let prog = CString::new(spec.init_binary.as_os_str().as_encoded_bytes()).unwrap_or_default();
-                let _ = nix::unistd::execv(&prog, &[c"cns-init".to_owned(), c"__init".to_owned(), pid]);
+                let _ = nix::unistd::execv(&prog, &[c"cns-init".to_owned(), pid]);
             }
             // exec failed: still be a correct init.
             let code = init_loop(child);
