@@ -134,10 +134,37 @@ fn parse_line(line: &str) -> Option<MountInfo> {
     Some(MountInfo { id, parent, root, mount_point, fs_type, source, propagation })
 }
 
+/// Reads a /proc file whole with large reads: the kernel generates such a
+/// file anew for each read(2), and std's `read_to_string` starts with 32
+/// bytes and doubles (a dozen reads for a mount table).
+pub fn read_proc(path: &std::path::Path) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path)?;
+    let mut buf = Vec::with_capacity(64 << 10);
+    loop {
+        if buf.capacity() - buf.len() < 4096 {
+            buf.reserve(buf.capacity());
+        }
+        let len = buf.len();
+        let spare = buf.capacity() - len;
+        buf.resize(len + spare, 0);
+        match f.read(&mut buf[len..]) {
+            Ok(0) => {
+                buf.truncate(len);
+                break;
+            }
+            Ok(n) => buf.truncate(len + n),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => buf.truncate(len),
+            Err(e) => return Err(e),
+        }
+    }
+    String::from_utf8(buf).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+}
+
 /// Reads the mount table of `pid` ("self" for the caller).
 pub fn read_mountinfo(pid: &str) -> Result<Vec<MountInfo>, MountError> {
     let path = PathBuf::from(format!("/proc/{pid}/mountinfo"));
-    let text = std::fs::read_to_string(&path).map_err(|source| MountError::Read { path, source })?;
+    let text = read_proc(&path).map_err(|source| MountError::Read { path, source })?;
     Ok(parse_mountinfo(&text))
 }
 

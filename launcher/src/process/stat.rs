@@ -6,7 +6,7 @@ use std::fs;
 /// Start time of a process (field 22 of /proc/PID/stat), None when it is
 /// gone or a zombie.
 pub fn process_start(pid: i32) -> Option<u64> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let stat = cns_mounts::read_proc(std::path::Path::new(&format!("/proc/{pid}/stat"))).ok()?;
     let after = stat.get(stat.rfind(')')? + 2..)?;
     let fields: Vec<&str> = after.split(' ').collect();
     // after ") " field 3 (state) is index 0, so field 22 is index 19.
