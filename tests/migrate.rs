@@ -341,3 +341,62 @@ fn receive_pid(host: &DestHost) -> Option<i32> {
         cmd.split(|b| *b == 0).any(|a| a == b"receive") && cmd.split(|b| *b == 0).next().is_some_and(|a| a.ends_with(b"cns")) && env.split(|b| *b == 0).any(|v| v == want.as_bytes())
     })
 }
+
+/// The source's CPU description with FPU state bits (xfeatures) this CPU
+/// lacks: a `criu cpuinfo dump` of this host with xfeatures_mask (field 8
+/// of the x86 entry) appended as all ones, which protobuf reads as the last
+/// value.
+fn foreign_cpuinfo() -> Vec<u8> {
+    let dir = tempfile::tempdir().expect("dir");
+    let ok = Command::new(criu()).args(["cpuinfo", "dump", "-D"]).arg(dir.path()).status().expect("criu cpuinfo dump").success();
+    assert!(ok, "criu cpuinfo dump failed");
+    let img = std::fs::read(dir.path().join("cpuinfo.img")).expect("cpuinfo.img");
+    let size = u32::from_le_bytes(img[8..12].try_into().expect("size")) as usize;
+    let entry = &img[12..12 + size];
+    assert_eq!(entry[0], 0x0a, "one x86 entry");
+    let mut inner = entry[2..2 + entry[1] as usize].to_vec();
+    inner.extend_from_slice(&[0x40, 0xff, 0xff, 0xff, 0xff, 0x0f]);
+    let mut out = img[..8].to_vec();
+    out.extend_from_slice(&((inner.len() + 2) as u32).to_le_bytes());
+    out.extend_from_slice(&[0x0a, inner.len() as u8]);
+    out.extend_from_slice(&inner);
+    out
+}
+
+#[test]
+fn a_destination_whose_cpu_lacks_what_the_source_has_refuses_in_the_pre_check() {
+    use base64::Engine;
+    use cns_runtime::migrate::wire;
+    let d = tempfile::tempdir().expect("dir");
+    let mut rx = Command::new(cns_bin())
+        .arg("receive")
+        .env("CNS_STATE_DIR", d.path().join("state"))
+        .env("CNS_LIB_DIR", d.path().join("lib"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("cns receive");
+    let hello = wire::Hello {
+        protocol: wire::PROTOCOL,
+        name: name("migcpu"),
+        criu_version: "0.1".into(),
+        memory_bytes: 0,
+        files: vec![],
+        address: None,
+        publish: vec![],
+        rootfs: None,
+        binds: vec![],
+        lazy: false,
+        cpuinfo: Some(base64::engine::general_purpose::STANDARD.encode(foreign_cpuinfo())),
+    };
+    let mut stdin = rx.stdin.take().expect("stdin");
+    wire::send(&mut stdin, wire::HELLO, &hello).expect("hello");
+    let answer: wire::Answer = wire::expect(&mut rx.stdout.take().expect("stdout"), wire::ANSWER).expect("answer");
+    drop(stdin);
+    let _ = rx.wait();
+    assert!(!answer.ok, "a CPU without the source's features was accepted");
+    assert!(answer.message.starts_with("this host's CPU lacks what the workload may use on the source's (criu cpuinfo check failed: "), "{}", answer.message);
+    assert!(answer.message.contains("xfeatures has unsupported bits"), "{}", answer.message);
+    assert_eq!(answer.hint, "migrate between hosts with the same CPU features");
+}

@@ -166,6 +166,9 @@ fn precheck(rt: &Runtime, h: &Hello) -> Result<bool> {
             return Err(Error::new(ErrorKind::Blocked, format!("the destination's CRIU {} is older than the source's {src}", criu.version)).with_hint("install the same CRIU on both hosts (scripts/install-criu)"));
         }
     }
+    if let Some(c) = &h.cpuinfo {
+        cpu_check(rt, &criu.path, c)?;
+    }
     let free = nix::sys::statvfs::statvfs(&rt.store.paths.lib).map(|s| s.blocks_available().saturating_mul(s.fragment_size())).unwrap_or(u64::MAX);
     if free < h.memory_bytes + (64 << 20) {
         return Err(Error::new(ErrorKind::Blocked, format!("the destination has {} MiB free for images of about {} MiB", free >> 20, h.memory_bytes >> 20)).with_hint("free space under /var/lib/cns there"));
@@ -183,6 +186,36 @@ fn precheck(rt: &Runtime, h: &Hello) -> Result<bool> {
         missing_file(&h.files)?;
     }
     Ok(h.address.is_some_and(|a| rt.leases().holder(&a).is_none()))
+}
+
+/// `criu cpuinfo check` of the source's CPU description against this host.
+fn cpu_check(rt: &Runtime, criu: &Path, cpuinfo: &str) -> Result<()> {
+    use base64::Engine;
+    let img = base64::engine::general_purpose::STANDARD
+        .decode(cpuinfo)
+        .ok()
+        .filter(|b| b.len() <= 64 << 10)
+        .ok_or_else(|| Error::new(ErrorKind::Archive, "the source sent a CPU description that is not an image"))?;
+    let dir = rt.store.paths.lib.join(format!(".cpuinfo-{:016x}", crate::files::random_u64()));
+    crate::files::mkdir_private(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let checked = crate::files::write_transient(&dir.join("cpuinfo.img"), &img, 0o600).and_then(|()| {
+        std::process::Command::new(criu)
+            .args(["cpuinfo", "check", "-o", "cpuinfo.log", "-D"])
+            .arg(&dir)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .context("cannot run criu cpuinfo check")
+    });
+    let why = std::fs::read_to_string(dir.join("cpuinfo.log")).unwrap_or_default();
+    let _ = std::fs::remove_dir_all(&dir);
+    if checked?.success() {
+        return Ok(());
+    }
+    let line = why.lines().rev().find(|l| l.contains("Error") || l.contains("error")).map(|l| l.trim().to_string()).unwrap_or_default();
+    Err(Error::new(ErrorKind::Blocked, format!("this host's CPU lacks what the workload may use on the source's (criu cpuinfo check failed{})", if line.is_empty() { String::new() } else { format!(": {line}") }))
+        .with_hint("migrate between hosts with the same CPU features"))
 }
 
 /// The first executable or library the image maps that this host lacks or

@@ -378,7 +378,23 @@ fn hello_for(rt: &Runtime, w: &crate::workload::Workload, pid: i32) -> Result<He
         rootfs: w.confine.rootfs.clone(),
         binds: w.confine.binds().map(|(s, d)| format!("{}:{}", s.display(), d.display())).collect(),
         lazy: false,
+        cpuinfo: Some(cpuinfo(rt)?),
     })
+}
+
+/// This host's CPU as CRIU describes it (`criu cpuinfo dump`), base64.
+fn cpuinfo(rt: &Runtime) -> Result<String> {
+    use base64::Engine;
+    let criu = rt.criu()?;
+    let dir = rt.store.paths.lib.join("migrate").join(format!(".cpuinfo-{:016x}", crate::files::random_u64()));
+    crate::files::mkdir_private(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let out = Command::new(&criu.path).args(["cpuinfo", "dump", "-o", "cpuinfo.log", "-D"]).arg(&dir).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).status();
+    let img = std::fs::read(dir.join("cpuinfo.img"));
+    let _ = std::fs::remove_dir_all(&dir);
+    match (out, img) {
+        (Ok(st), Ok(img)) if st.success() => Ok(base64::engine::general_purpose::STANDARD.encode(img)),
+        _ => Err(Error::new(ErrorKind::Criu, "criu cpuinfo dump failed: cannot describe this host's CPU to the destination").with_hint("check that `criu cpuinfo dump -D DIR` works here")),
+    }
 }
 
 /// The dump, the tree left stopped, its pages streamed to a page server

@@ -131,6 +131,11 @@ pub struct Hello {
     /// Post-copy: the destination must be able to restore lazily.
     #[serde(default)]
     pub lazy: bool,
+    /// The source's `criu cpuinfo dump` (cpuinfo.img, base64): the
+    /// destination's `criu cpuinfo check` says whether its CPU has what the
+    /// workload may use.
+    #[serde(default)]
+    pub cpuinfo: Option<String>,
 }
 
 /// Destination -> source: the pre-check's answer, and the restore's.
