@@ -317,21 +317,26 @@ fn the_workload_cannot_see_or_plant_files_in_cns_state_before_or_after_restore()
 fn an_altered_init_binary_is_never_run_and_is_replaced() {
     let n = name("initv");
     let lib = tempfile::tempdir().expect("lib");
+    let state = tempfile::tempdir().expect("state");
     let run = |args: &[&str]| {
-        let out = std::process::Command::new(cns_bin()).args(args).env("CNS_LIB_DIR", lib.path()).output().expect("cns");
+        let out = std::process::Command::new(cns_bin()).args(args).env("CNS_LIB_DIR", lib.path()).env("CNS_STATE_DIR", state.path()).output().expect("cns");
         assert!(out.status.success(), "cns {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        out
     };
-    run(&["run", "-d", "--name", &n, "--", "sleep", "1000"]);
+    run(&["run", "-d", "--net", "none", "--name", &n, "--", "sleep", "1000"]);
     run(&["rm", "-f", &n]);
-    let bin = std::fs::read_dir(lib.path().join("bin")).expect("bin").flatten().map(|e| e.path()).find(|p| p.file_name().is_some_and(|f| f.to_string_lossy().starts_with("cns-init-"))).expect("init copy");
-    let len = std::fs::metadata(&bin).expect("stat").len();
-    std::fs::write(&bin, vec![0u8; len as usize]).expect("alter");
-    run(&["run", "-d", "--name", &n, "--", "sleep", "1000"]);
-    let same = std::fs::read(&bin).expect("copy") == std::fs::read(cns_bin()).expect("cns");
-    let exe = ps_entry(&n).and_then(|e| e["pid"].as_i64()).and_then(|p| std::fs::read_link(format!("/proc/{p}/exe")).ok());
+    let bin = std::fs::read_dir(lib.path().join("bin")).expect("bin").flatten().map(|e| e.path()).find(|p| p.file_name().is_some_and(|f| f.to_string_lossy().starts_with("cns-init-static-"))).expect("the static init");
+    let good = std::fs::read(&bin).expect("init");
+    // What a workload able to write there would do: same size, other bytes.
+    std::fs::write(&bin, vec![0u8; good.len()]).expect("alter");
+    run(&["run", "-d", "--net", "none", "--name", &n, "--", "sleep", "1000"]);
+    let same = std::fs::read(&bin).expect("init") == good;
+    let ps: serde_json::Value = serde_json::from_slice(&run(&["ps", "--json"]).stdout).expect("ps");
+    let pid = ps.as_array().and_then(|a| a.iter().find(|e| e["name"] == n.as_str())).and_then(|e| e["pid"].as_i64()).expect("pid");
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok();
     run(&["rm", "-f", &n]);
-    assert!(same, "the altered init copy was kept");
-    assert!(exe.is_some_and(|e| e.to_string_lossy().contains("cns-init-")), "the workload's PID 1 is not the init copy");
+    assert!(same, "the altered init was kept");
+    assert!(exe.is_some_and(|e| e.to_string_lossy().contains("cns-init-static-")), "the workload's PID 1 is not the static init");
 }
 
 #[test]

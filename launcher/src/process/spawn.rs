@@ -334,9 +334,9 @@ fn child_main(spec: &Spec, go: OwnedFd, rep: OwnedFd) -> ! {
         Err(e) => report_and_exit(rep_raw, StepError::new("fork of the command", e, errno_of(&e), "")),
         Ok(ForkResult::Child) => exec_command(spec, rep_raw),
         Ok(ForkResult::Parent { child }) => {
-            // 8. init re-executes itself from inside the new mount namespace:
-            //    a forked image would keep mappings of the host's mounts,
-            //    which CRIU cannot dump ("Can't lookup mount").
+            // 8. init execs cns's static init from inside the new mount
+            //    namespace: a forked image would keep mappings of the host's
+            //    mounts, which CRIU cannot dump ("Can't lookup mount").
             close_fds_from(3, false);
             let pid = CString::new(child.as_raw().to_string()).unwrap_or_default();
             if spec.static_init.is_some() {
