@@ -197,7 +197,9 @@ fn start_locked(rt: &Runtime, opts: &RunOptions, c: &Checked, locked: &Locked, r
         namespaces: Default::default(),
         confine: c.confine.clone(),
     };
-    locked.save(&w)?;
+    // The record is first written as running, once the child exists
+    // (`record` below): until then the recovery marker alone says what to
+    // undo.
     rollback.rules = true;
     net::install_rules(rt, name, &w.net)?;
     let spec = spec(rt, opts, c, &w, stdio_mount)?;
