@@ -5,7 +5,6 @@
 use std::fs;
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use cns_engine::preflight::{self, Severity};
 use cns_engine::{CriuFlags, CriuOptions, Dirs, DumpStats, ImageDir, Notify, NotifyAction, Swrk};
@@ -110,15 +109,9 @@ pub fn dump(rt: &Runtime, opts: &DumpOptions, events: &dyn Events) -> Result<Dum
             .with_hint("wait until its memory is in (the daemon exits), then dump"));
     }
     let plan = plan(rt, opts, &w, pid)?;
-    let monitor = w.shim_pid.map(|p| (p, w.shim_start));
-    let out = dump_locked(rt, &l, w, plan, opts.no_preflight, events)?;
-    drop(l);
-    if !opts.leave_running {
-        if let Some((pid, start)) = monitor {
-            wait_old_monitor(pid, start);
-        }
-    }
-    Ok(out)
+    // The dumped tree's monitor records its end after this returns; a
+    // restore waits for it (restore.rs), not the dump.
+    dump_locked(rt, &l, w, plan, opts.no_preflight, events)
 }
 
 /// The steps of a dump, with the workload locked.
@@ -259,13 +252,4 @@ fn run_criu(plan: &DumpPlan, staging: &mut Staging, meta: &Meta, state_dir: &Pat
         }
         NotifyAction::Continue
     })
-}
-
-/// The monitor records the end of the old tree (so it needs the lock,
-/// released by now) and exits, freeing published ports; an immediate
-/// restore must find them free.
-fn wait_old_monitor(pid: i32, start: Option<u64>) {
-    if pid != std::process::id() as i32 {
-        crate::process::monitor::wait_gone(pid, start, Duration::from_secs(5));
-    }
 }

@@ -270,12 +270,28 @@ pub fn restore(rt: &Runtime, opts: &RestoreOptions, events: &dyn Events) -> Resu
     execute(rt, &plan, opts, events)
 }
 
+/// A dump returns as soon as its checkpoint is committed; the monitor of
+/// the dumped tree may still be recording its end (it needs the lock) and
+/// holding its published ports. An in-place restore waits for it here,
+/// before taking the lock, so it finds the ports free.
+fn wait_old_monitor(rt: &Runtime, name: &str) {
+    let Ok(w) = rt.store.get(name) else { return };
+    if let (State::Dumped, Some(pid)) = (w.state, w.shim_pid) {
+        if pid != std::process::id() as i32 {
+            crate::process::monitor::wait_gone(pid, w.shim_start, std::time::Duration::from_secs(5));
+        }
+    }
+}
+
 /// Does what `plan` decided. On failure nothing is left: no process,
 /// lease, veth, log or record of its own.
 pub fn execute(rt: &Runtime, plan: &RestorePlan, opts: &RestoreOptions, events: &dyn Events) -> Result<Restored> {
     let existing = rt.store.exists(&plan.new_name);
     if existing && !plan.in_place {
         return Err(taken(&plan.new_name));
+    }
+    if existing {
+        wait_old_monitor(rt, &plan.new_name);
     }
     let locked = if existing { rt.store.try_lock(&plan.new_name)? } else { rt.store.create(&plan.new_name)? };
     let mut rollback = Rollback::new(rt, &plan.new_name);
