@@ -333,8 +333,16 @@ struct Moved {
 /// then the other images, then the restore.
 #[allow(clippy::too_many_arguments)]
 fn stop_and_copy(rt: &Runtime, l: &crate::workload::Locked, w: &crate::workload::Workload, pid: i32, t: &mut Transport, images: &Path, keeps_address: bool, opts: &MigrateOptions, events: &dyn Events) -> Result<Moved> {
-    let (pre_bytes, parent) = if opts.precopy { precopy_rounds(rt, pid, t, images, events)? } else { (0, None) };
-    let page_bytes = dump_streaming(rt, l, w, pid, t, images, parent.as_deref(), opts, events)?;
+    // Pre-copy rounds live beside the final dump's directory (which the
+    // dump creates itself), and go with it.
+    let rounds = images.with_extension("rounds");
+    let pre = if opts.precopy { precopy_rounds(rt, pid, t, &rounds, events) } else { Ok((0, None)) };
+    let result = pre.and_then(|(pre_bytes, last)| {
+        let parent = last.map(|r| Parent { here: format!("../{}/{r}", rounds.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()), there: r });
+        Ok((pre_bytes, dump_streaming(rt, l, w, pid, t, images, parent.as_ref(), opts, events)?))
+    });
+    let _ = std::fs::remove_dir_all(&rounds);
+    let (pre_bytes, page_bytes) = result?;
     let (bytes, files) = send_files(t, images, None, events)?;
     let answer = request_restore(t, keeps_address, false, events)?;
     Ok(Moved { bytes: bytes + page_bytes + pre_bytes, files, answer, running_at: Instant::now() })
@@ -397,20 +405,28 @@ fn cpuinfo(rt: &Runtime) -> Result<String> {
     }
 }
 
+/// The last pre-copy round, as the final dump names it here (relative to
+/// its images directory) and as the destination names it (in its staging
+/// directory).
+struct Parent {
+    here: String,
+    there: String,
+}
+
 /// The dump, the tree left stopped, its pages streamed to a page server
 /// on the destination through the channel (no copy of the memory is
 /// written here); the other images go into `images`. dump_to leaves its
 /// recovery marker (resume the tree, drop these images) for the caller.
 #[allow(clippy::too_many_arguments)]
-fn dump_streaming(rt: &Runtime, l: &crate::workload::Locked, w: &crate::workload::Workload, pid: i32, t: &mut Transport, images: &Path, parent: Option<&str>, opts: &MigrateOptions, events: &dyn Events) -> Result<u64> {
+fn dump_streaming(rt: &Runtime, l: &crate::workload::Locked, w: &crate::workload::Workload, pid: i32, t: &mut Transport, images: &Path, parent: Option<&Parent>, opts: &MigrateOptions, events: &dyn Events) -> Result<u64> {
     let plan_opts = DumpOptions { name: w.name.clone(), images: Some(images.to_path_buf()), ..Default::default() };
     let mut plan = dump::plan(rt, &plan_opts, w, pid)?;
     plan.options.leave_stopped = true;
     plan.migrating = true;
     // After pre-copy rounds: only the pages written since the last one.
-    plan.options.parent_img = parent.map(str::to_string);
+    plan.options.parent_img = parent.map(|p| p.here.clone());
     plan.options.track_mem = parent.is_some();
-    t.send(wire::PAGE_SERVER, &wire::PageServerRequest { dir: None, parent: parent.map(str::to_string) })?;
+    t.send(wire::PAGE_SERVER, &wire::PageServerRequest { dir: None, parent: parent.map(|p| p.there.clone()) })?;
     let ps = t.answer(PRECHECK_LIMIT, "the destination did not start its page server")?;
     if !ps.ok {
         return Err(Error::new(ErrorKind::Criu, format!("the destination could not start a page server: {}", ps.message)).with_hint(ps.hint));
@@ -744,13 +760,13 @@ pub fn another_round(round: u32, before: Option<u64>, written: u64) -> bool {
 /// the destination (directory `round-N` there, its parent the round
 /// before), until the dirty set stops shrinking. Returns the bytes sent
 /// and the last round's name, the final dump's parent.
-fn precopy_rounds(rt: &Runtime, pid: i32, t: &mut Transport, images: &Path, events: &dyn Events) -> Result<(u64, Option<String>)> {
+fn precopy_rounds(rt: &Runtime, pid: i32, t: &mut Transport, rounds: &Path, events: &dyn Events) -> Result<(u64, Option<String>)> {
     let criu = rt.criu()?;
-    crate::files::mkdir_private(images).with_context(|| format!("cannot create {}", images.display()))?;
+    crate::files::mkdir_private(rounds).with_context(|| format!("cannot create {}", rounds.display()))?;
     let (mut total, mut before, mut parent) = (0u64, None, None::<String>);
     for round in 1..=MAX_ROUNDS {
         let name = format!("round-{round}");
-        let dir = images.join(&name);
+        let dir = rounds.join(&name);
         crate::files::mkdir_private(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
         t.send(wire::PAGE_SERVER, &wire::PageServerRequest { dir: Some(name.clone()), parent: parent.clone() })?;
         let ps = t.answer(PRECHECK_LIMIT, "the destination did not start its page server")?;
