@@ -334,14 +334,16 @@ fn child_main(spec: &Spec, go: OwnedFd, rep: OwnedFd) -> ! {
         Ok(child) => {
             // 8. init execs cns's static init from inside the new mount
             //    namespace: a forked image would keep mappings of the host's
-            //    mounts, which CRIU cannot dump ("Can't lookup mount").
+            //    mounts, which CRIU cannot dump ("Can't lookup mount"). With
+            //    no environment: it needs none, and CMD's (set in our shared
+            //    memory by the vfork child) is not init's to carry.
             close_fds_from(3, false);
             let pid = CString::new(child.as_raw().to_string()).unwrap_or_default();
             if spec.static_init.is_some() {
-                let _ = nix::unistd::execv(c"/dev/.cns-init", &[c"cns-init".to_owned(), pid]);
+                let _ = nix::unistd::execve(c"/dev/.cns-init", &[c"cns-init".to_owned(), pid], &[] as &[&std::ffi::CStr]);
             } else {
                 let prog = CString::new(spec.init_binary.as_os_str().as_encoded_bytes()).unwrap_or_default();
-                let _ = nix::unistd::execv(&prog, &[c"cns-init".to_owned(), pid]);
+                let _ = nix::unistd::execve(&prog, &[c"cns-init".to_owned(), pid], &[] as &[&std::ffi::CStr]);
             }
             // exec failed: still be a correct init.
             let code = init_loop(child);
