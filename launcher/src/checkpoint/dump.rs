@@ -162,7 +162,10 @@ pub fn dump_to(rt: &Runtime, l: &Locked, w: &Workload, mut plan: DumpPlan, no_pr
     let stats = ImageDir::new(&images).dump_stats().ok();
     let mut meta = meta;
     meta.stats = stats.clone();
-    meta.write(&images)?;
+    // The statistics only inform `cns inspect`: the checkpoint was made
+    // durable at its commit, so this rewrite need not be (a crash keeps the
+    // committed cns.json, without them).
+    meta.write_transient(&images)?;
     Ok(stats)
 }
 
