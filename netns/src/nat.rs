@@ -150,8 +150,11 @@ fn batch(name: &str, addr: Ipv4Addr, policy: Policy) -> Vec<u8> {
     };
     let req = libc::NLM_F_REQUEST as u16;
     let create = (libc::NLM_F_REQUEST | libc::NLM_F_ACK | libc::NLM_F_CREATE) as u16;
+    // The table must be new (EEXIST otherwise): its rules are never added
+    // to an old one's.
+    let create_new = create | libc::NLM_F_EXCL as u16;
     let mut b = message(NFNL_MSG_BATCH_BEGIN, req, 1, libc::AF_UNSPEC as u8, NFNL_SUBSYS_NFTABLES, &[]);
-    b.extend(message(NFT_MSG_NEWTABLE, create, next(), NFPROTO_IPV4, 0, &[s(1, &table)]));
+    b.extend(message(NFT_MSG_NEWTABLE, create_new, next(), NFPROTO_IPV4, 0, &[s(1, &table)]));
     let (chain, ty, hook, prio, rule) = match policy {
         Policy::Outbound => {
             let [p, c] = saddr_is(addr);
@@ -192,10 +195,19 @@ fn send_batch(b: &[u8], last_seq: u32) -> io::Result<()> {
 }
 
 /// Creates (or replaces) the table of workload `name` in the host's netns.
+/// One transaction when the table is new (the common case: no listing of
+/// the host's tables first); an old table is deleted and the batch sent
+/// again.
 pub fn install(name: &str, addr: Ipv4Addr, policy: Policy) -> io::Result<()> {
-    remove(name)?;
     // Sequence numbers: 1 begin, 2 table, 3 chain, 4 rule, 5 end; the rule's ack is the last.
-    send_batch(&batch(name, addr, policy), 4)
+    let b = batch(name, addr, policy);
+    match send_batch(&b, 4) {
+        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+            remove(name)?;
+            send_batch(&b, 4)
+        }
+        r => r,
+    }
 }
 
 /// Deletes the table of workload `name` (absent: nothing to do).
