@@ -56,16 +56,6 @@ fn dispatch(cli: Cli) -> anyhow::Result<i32> {
 }
 
 fn main() {
-    // The workload's PID 1 (see process/spawn.rs): nothing else runs in it,
-    // so it holds no fd and maps nothing but this binary.
-    let mut args = std::env::args_os();
-    if args.nth(1).is_some_and(|a| a == "__init") {
-        let pid = args.next().and_then(|p| p.to_str()?.parse::<i32>().ok()).unwrap_or(0);
-        if pid > 0 {
-            std::process::exit(cns_runtime::process::init::init_loop(nix::unistd::Pid::from_raw(pid)));
-        }
-        std::process::exit(cns_runtime::error::EXIT_CNS);
-    }
     // `cns ps | head`: a closed pipe ends cns quietly, as it does `ls`.
     // SAFETY: restoring the default disposition of SIGPIPE before any thread exists.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
