@@ -588,6 +588,22 @@ mod tests {
     }
 
     #[test]
+    fn lazy_restores_read_only_the_pages_not_marked_lazy() {
+        // pagemap_entry {vaddr = 1, flags = 4, nr_pages = 5}; PE_LAZY 2, PE_PRESENT 4.
+        let entry = |nr: u8, flags: u8| vec![0x08, 0x01, 0x20, flags, 0x28, nr];
+        let dir = tempfile::tempdir().expect("tmp");
+        let head = [0x08, 0x07]; // pages_id = 7
+        let (lazy, eager, parent) = (entry(2, 6), entry(1, 4), entry(5, 1));
+        let entries: Vec<&[u8]> = vec![&head, &lazy, &eager, &parent, &eager, &lazy, &eager];
+        std::fs::write(dir.path().join("pagemap-42.img"), image(IMG_COMMON_MAGIC, 0x5620_5531, &entries)).expect("pagemap");
+        let ranges = ImageDir::new(dir.path()).eager_ranges().expect("ranges");
+        let ps = page_size();
+        // Offsets count only the pages in the file: the parent's are not.
+        // The two eager pages after the first lazy run are adjacent: one range.
+        assert_eq!(ranges.get("pages-7.img"), Some(&vec![(2 * ps, 2 * ps), (6 * ps, ps)]));
+    }
+
+    #[test]
     fn mutated_images_never_panic_and_overflowing_page_counts_are_corrupt() {
         // A pagemap whose entry claims u64::MAX pages: refused, not wrapped.
         let dir = tempfile::tempdir().expect("tmp");

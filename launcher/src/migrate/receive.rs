@@ -429,3 +429,22 @@ fn restore_received(rt: &Runtime, h: &Hello, staging: &Path, req: &RestoreReques
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_in_ranges_must_announce_them_in_order_and_inside_it() {
+        let h = |ranges: Option<Vec<(u64, u64)>>| FileHeader { name: "pages-1.img".into(), size: 100, ranges };
+        assert_eq!(file_ranges(&h(None)).expect("whole"), vec![(0, 100)]);
+        assert_eq!(file_ranges(&h(Some(vec![(0, 10), (50, 50)]))).expect("ranges"), vec![(0, 10), (50, 50)]);
+        for bad in [vec![(50, 10), (0, 10)], vec![(90, 20)], vec![(u64::MAX, 2)], vec![(0, 10), (5, 10)]] {
+            assert!(file_ranges(&h(Some(bad.clone()))).is_err(), "{bad:?}");
+        }
+        assert!(check_name("pages-1.img").is_ok());
+        for bad in ["", ".x", "a/b", "../x"] {
+            assert!(check_name(bad).is_err(), "{bad}");
+        }
+    }
+}
