@@ -13,6 +13,7 @@ pub mod explain;
 pub mod image;
 pub mod lazy;
 pub mod options;
+pub mod page_server;
 pub mod preflight;
 pub mod rpc;
 pub mod sockdiag;

@@ -269,19 +269,9 @@ impl PageServer {
             }
             None => None,
         };
-        use std::os::fd::AsRawFd;
         let criu = rt.criu()?;
-        let (theirs, ours) = UnixStream::pair().context("cannot make a socket pair")?;
-        let fd = theirs.as_raw_fd();
-        let mut cmd = std::process::Command::new(&criu.path);
-        cmd.args(["page-server", "--ps-socket", &fd.to_string(), "-o", "page-server.log", "-v4", "-D"]).arg(&dir);
-        if let Some(p) = &parent {
-            cmd.args(["--prev-images-dir", p]);
-        }
-        cmd.stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
-        cns_engine::rpc::keep_fds(&mut cmd, vec![fd]);
-        let child = cmd.spawn().map_err(|e| Error::wrap(format!("cannot run {} page-server", criu.path.display()), e))?;
-        drop(theirs);
+        let extra: Vec<&str> = parent.as_deref().map(|p| vec!["--prev-images-dir", p]).unwrap_or_default();
+        let (child, ours) = cns_engine::page_server::spawn(&criu.path, &dir, &extra).map_err(|e| Error::wrap(format!("cannot run {} page-server", criu.path.display()), e))?;
         let mut from = ours.try_clone().context("cannot clone a socket")?;
         let out = Arc::clone(out);
         let wait_for = child.id();

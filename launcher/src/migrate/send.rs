@@ -358,10 +358,7 @@ fn stop_and_copy(rt: &Runtime, l: &crate::workload::Locked, w: &crate::workload:
 /// frozen.
 #[allow(clippy::too_many_arguments)]
 fn post_copy(rt: &Runtime, l: &crate::workload::Locked, w: &crate::workload::Workload, pid: i32, t: &mut Transport, images: &Path, keeps_address: bool, events: &dyn Events) -> Result<Moved> {
-    let plan_opts = DumpOptions { name: w.name.clone(), images: Some(images.to_path_buf()), ..Default::default() };
-    let mut plan = dump::plan(rt, &plan_opts, w, pid)?;
-    plan.options.leave_stopped = true;
-    plan.migrating = true;
+    let plan = migration_plan(rt, w, pid, images)?;
     dump::dump_to(rt, l, w, plan, false, events)?;
     let eager = cns_engine::ImageDir::new(images).eager_ranges().map_err(|e| Error::new(ErrorKind::Archive, format!("cannot read the dump's page maps: {e}")))?;
     let (bytes, files) = send_files(t, images, Some(&eager), events)?;
@@ -405,6 +402,16 @@ fn cpuinfo(rt: &Runtime) -> Result<String> {
     }
 }
 
+/// A migration's dump into `images`: the tree is left stopped (resumed
+/// here if the destination fails, killed once it runs there).
+fn migration_plan(rt: &Runtime, w: &crate::workload::Workload, pid: i32, images: &Path) -> Result<dump::DumpPlan> {
+    let plan_opts = DumpOptions { name: w.name.clone(), images: Some(images.to_path_buf()), ..Default::default() };
+    let mut plan = dump::plan(rt, &plan_opts, w, pid)?;
+    plan.options.leave_stopped = true;
+    plan.migrating = true;
+    Ok(plan)
+}
+
 /// The last pre-copy round, as the final dump names it here (relative to
 /// its images directory) and as the destination names it (in its staging
 /// directory).
@@ -419,10 +426,7 @@ struct Parent {
 /// recovery marker (resume the tree, drop these images) for the caller.
 #[allow(clippy::too_many_arguments)]
 fn dump_streaming(rt: &Runtime, l: &crate::workload::Locked, w: &crate::workload::Workload, pid: i32, t: &mut Transport, images: &Path, parent: Option<&Parent>, opts: &MigrateOptions, events: &dyn Events) -> Result<u64> {
-    let plan_opts = DumpOptions { name: w.name.clone(), images: Some(images.to_path_buf()), ..Default::default() };
-    let mut plan = dump::plan(rt, &plan_opts, w, pid)?;
-    plan.options.leave_stopped = true;
-    plan.migrating = true;
+    let mut plan = migration_plan(rt, w, pid, images)?;
     // After pre-copy rounds: only the pages written since the last one.
     plan.options.parent_img = parent.map(|p| p.here.clone());
     plan.options.track_mem = parent.is_some();
@@ -588,15 +592,8 @@ struct LazyServer {
 impl LazyServer {
     fn start(rt: &Runtime, images: &Path) -> Result<LazyServer> {
         let criu = rt.criu()?;
-        let (theirs, ours) = std::os::unix::net::UnixStream::pair().context("cannot make a socket pair")?;
-        let fd = theirs.as_raw_fd();
-        let mut cmd = Command::new(&criu.path);
-        cmd.args(["page-server", "--lazy-pages", "--ps-socket", &fd.to_string(), "-o", "page-server.log", "-v4", "-D"]).arg(images);
-        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
-        cns_engine::rpc::keep_fds(&mut cmd, vec![fd]);
-        let child = cmd.spawn().map_err(|e| Error::wrap(format!("cannot run {} page-server", criu.path.display()), e))?;
-        drop(theirs);
-        Ok(LazyServer { child, sock: ours })
+        let (child, sock) = cns_engine::page_server::spawn(&criu.path, images, &["--lazy-pages"]).map_err(|e| Error::wrap(format!("cannot run {} page-server", criu.path.display()), e))?;
+        Ok(LazyServer { child, sock })
     }
 
     /// Carries the page server's stream until the destination says how its
