@@ -271,12 +271,12 @@ fn spec(rt: &Runtime, opts: &RunOptions, c: &Checked, w: &Workload, stdio_mount:
         cap_drop: c.cap_drop.clone(),
         seccomp: c.seccomp.clone(),
         net: w.net.addrs,
-        init_binary: init.clone(),
+        init_binary: init,
         masked: masked_dirs(rt)?,
         read_only: vec![rt.store.paths.lib.join("bin"), rt.config_dir()],
         layout: crate::confine::layout(&rt.store.paths.lib, name, &c.confine),
         user: c.confine.user.clone(),
-        static_init: own_root.then_some(init),
+        own_root,
     })
 }
 

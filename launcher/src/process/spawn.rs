@@ -52,9 +52,9 @@ pub struct Spec {
     pub read_only: Vec<PathBuf>,
     /// Its own root, mounts, read-only root.
     pub layout: cns_mounts::confine::Layout,
-    /// With a root of its own: cns's static init (bind-mounted into the
-    /// root, where cns's own binary and libc are not).
-    pub static_init: Option<PathBuf>,
+    /// A root of its own: `init_binary` is bind-mounted into it (as
+    /// confine::INIT_IN_ROOTFS) and run from there.
+    pub own_root: bool,
     /// The user CMD runs as.
     pub user: Option<crate::confine::user::User>,
 }
@@ -241,16 +241,16 @@ fn setup_namespace(spec: &Spec, go: OwnedFd) -> Result<(), StepError> {
     //    The log is reached through a bind mount of its own, which the dump
     //    records as external and a restore maps to each copy's log.
     let stdio = cns_mounts::confine::under(&root, &spec.stdio_mount);
-    if spec.static_init.is_some() {
+    if spec.own_root {
         create_file(&stdio)?;
     }
     cns_mounts::bind_file(&spec.log, &stdio).map_err(|e| mount_err("bind-mount the log", e))?;
-    if let Some(init) = &spec.static_init {
+    if spec.own_root {
         // 5a. A root of its own: cns's static init is bind-mounted in, and
         //     the host's tree is detached with pivot_root.
         let target = cns_mounts::confine::under(&root, std::path::Path::new(crate::confine::INIT_IN_ROOTFS));
         create_file(&target)?;
-        cns_mounts::bind_file(init, &target).map_err(|e| mount_err("bind-mount cns's init", e))?;
+        cns_mounts::bind_file(&spec.init_binary, &target).map_err(|e| mount_err("bind-mount cns's init", e))?;
         prepared.seal().map_err(|e| mount_err("making the root read-only", e))?;
         cns_mounts::confine::pivot(&root).map_err(|e| mount_err("pivot_root", e))?;
         return open_stdio(&spec.stdio_mount);
@@ -339,12 +339,9 @@ fn child_main(spec: &Spec, go: OwnedFd, rep: OwnedFd) -> ! {
             //    memory by the vfork child) is not init's to carry.
             close_fds_from(3, false);
             let pid = CString::new(child.as_raw().to_string()).unwrap_or_default();
-            if spec.static_init.is_some() {
-                let _ = nix::unistd::execve(c"/dev/.cns-init", &[c"cns-init".to_owned(), pid], &[] as &[&std::ffi::CStr]);
-            } else {
-                let prog = CString::new(spec.init_binary.as_os_str().as_encoded_bytes()).unwrap_or_default();
-                let _ = nix::unistd::execve(&prog, &[c"cns-init".to_owned(), pid], &[] as &[&std::ffi::CStr]);
-            }
+            let init = if spec.own_root { std::path::Path::new(crate::confine::INIT_IN_ROOTFS) } else { spec.init_binary.as_path() };
+            let prog = CString::new(init.as_os_str().as_encoded_bytes()).unwrap_or_default();
+            let _ = nix::unistd::execve(&prog, &[c"cns-init".to_owned(), pid], &[] as &[&std::ffi::CStr]);
             // exec failed: still be a correct init.
             let code = init_loop(child);
             // SAFETY: the init ends here; _exit skips the copied parent state.
