@@ -11,6 +11,7 @@
 pub mod criu;
 pub mod explain;
 pub mod image;
+pub mod kdat;
 pub mod lazy;
 pub mod options;
 pub mod page_server;

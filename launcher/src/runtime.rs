@@ -41,8 +41,10 @@ impl Runtime {
         Ok(())
     }
 
-    /// The CRIU to use (its version cached in the state dir).
+    /// The CRIU to use (its version cached in the state dir), with a home
+    /// for its kernel-feature cache ready (cns_engine::kdat).
     pub fn criu(&self) -> Result<cns_engine::Criu> {
+        cns_engine::kdat::prepare();
         let cache = self.store.paths.state.join(".criu-version");
         if crate::files::mkdir_private(&self.store.paths.state).is_ok() {
             return Ok(cns_engine::Criu::locate_cached(self.criu_path.as_deref(), &cache)?);

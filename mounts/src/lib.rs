@@ -168,9 +168,17 @@ pub fn read_mountinfo(pid: &str) -> Result<Vec<MountInfo>, MountError> {
     Ok(parse_mountinfo(&text))
 }
 
-/// Mount points of nsfs mounts, deepest first (so stacked ones unmount cleanly).
-pub fn nsfs_mounts(mounts: &[MountInfo]) -> Vec<String> {
-    let mut v: Vec<String> = mounts.iter().filter(|m| m.fs_type == "nsfs").map(|m| m.mount_point.clone()).collect();
+/// The source name of the small tmpfs cns gives CRIU for its kernel-feature
+/// cache on hosts whose /run is not a tmpfs (cns_engine::kdat). It belongs
+/// to the host: a workload's mount namespace drops it.
+pub const CRIU_CACHE_SOURCE: &str = "cns-criu-cache";
+
+/// Mount points that belong to the host and not to a workload: nsfs mounts
+/// (a namespace pinned by `ip netns`) and CRIU's cache tmpfs. Deepest first,
+/// so stacked ones unmount cleanly.
+pub fn host_only_mounts(mounts: &[MountInfo]) -> Vec<String> {
+    let host_only = |m: &&MountInfo| m.fs_type == "nsfs" || (m.fs_type == "tmpfs" && m.source == CRIU_CACHE_SOURCE);
+    let mut v: Vec<String> = mounts.iter().filter(host_only).map(|m| m.mount_point.clone()).collect();
     v.sort_by_key(|p| std::cmp::Reverse(p.matches('/').count()));
     v.dedup();
     v
@@ -182,10 +190,11 @@ pub fn make_rprivate() -> Result<(), MountError> {
         .map_err(MountError::MakePrivate)
 }
 
-/// Unmounts every nsfs mount in the current mount namespace.
-pub fn unmount_nsfs() -> Result<usize, MountError> {
+/// Unmounts every host-only mount (see [`host_only_mounts`]) in the current
+/// mount namespace.
+pub fn unmount_host_only() -> Result<usize, MountError> {
     let mounts = read_mountinfo("self")?;
-    let targets = nsfs_mounts(&mounts);
+    let targets = host_only_mounts(&mounts);
     for t in &targets {
         match umount2(Path::new(t), MntFlags::MNT_DETACH) {
             Ok(()) | Err(nix::Error::EINVAL) | Err(nix::Error::ENOENT) => {}
@@ -256,8 +265,8 @@ pub fn bind_readonly(path: &Path) -> Result<bool, MountError> {
 /// that becomes the root (see [`confine::pivot`]).
 pub fn prepare_namespace(layout: &confine::Layout) -> Result<confine::Prepared, MountError> {
     make_rprivate()?;
-    let n = unmount_nsfs()?;
-    tracing::debug!(unmounted = n, "host nsfs mounts removed");
+    let n = unmount_host_only()?;
+    tracing::debug!(unmounted = n, "host-only mounts removed");
     confine::prepare(layout)
 }
 
@@ -289,7 +298,15 @@ mod tests {
     #[test]
     fn nsfs_deepest_first() {
         let m = parse_mountinfo(SAMPLE);
-        assert_eq!(nsfs_mounts(&m), vec!["/run/netns/x/y".to_string(), "/run/netns/x".to_string()]);
+        assert_eq!(host_only_mounts(&m), vec!["/run/netns/x/y".to_string(), "/run/netns/x".to_string()]);
+    }
+
+    #[test]
+    fn criu_cache_is_host_only() {
+        let m = parse_mountinfo("27 1 254:0 / / rw - ext4 /dev/vda rw\n\
+             93 27 0:51 / /run/cns/.criu rw,nosuid - tmpfs cns-criu-cache rw,size=1024k\n\
+             94 27 0:52 / /run/other rw - tmpfs tmpfs rw\n");
+        assert_eq!(host_only_mounts(&m), vec!["/run/cns/.criu".to_string()]);
     }
 
     #[test]

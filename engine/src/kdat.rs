@@ -1,0 +1,68 @@
+//! A home for CRIU's kernel-feature cache.
+//!
+//! Every CRIU run starts by probing the kernel (netns and link features,
+//! the vDSO, the CPU, userfaultfd, ...): 35-40 ms here, more than the whole
+//! dump of a small workload. CRIU keeps the result in `<RUNDIR>/criu.kdat`
+//! and reuses it, but only when that file is on a tmpfs, so that it is gone
+//! after a reboot into another kernel. On hosts whose /run is a disk
+//! file system (this project's CI machine: ext4), CRIU never keeps it.
+//!
+//! `scripts/install-criu` builds CRIU with `RUNDIR=` [`DIR`], and cns makes
+//! sure [`DIR`] is a tmpfs before it starts CRIU: a directory of the host's
+//! /run when /run is a tmpfs already, else a 1 MiB tmpfs of its own (source
+//! [`cns_mounts::CRIU_CACHE_SOURCE`], mode 0700, mounted once and left for
+//! the next run; a workload's mount namespace drops it). A CRIU built
+//! elsewhere keeps using its own RUNDIR and simply does not find the file.
+//! Failing to prepare the directory costs speed only, never a dump.
+
+use std::path::Path;
+
+/// CRIU's RUNDIR as `scripts/install-criu` builds it. Beside cns's state
+/// (a dot name: no workload is called that).
+pub const DIR: &str = "/run/cns/.criu";
+
+/// Whether [`DIR`] is ready (a tmpfs directory) after this call. Cheap when
+/// it already is: one statfs.
+pub fn prepare() -> bool {
+    let dir = Path::new(DIR);
+    if is_tmpfs(dir) {
+        return true;
+    }
+    if let Err(e) = mount_cache(dir) {
+        tracing::debug!(dir = DIR, error = %e, "no tmpfs for CRIU's kernel-feature cache; every CRIU run probes the kernel again");
+        return false;
+    }
+    true
+}
+
+fn is_tmpfs(dir: &Path) -> bool {
+    nix::sys::statfs::statfs(dir).is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::TMPFS_MAGIC)
+}
+
+fn mount_cache(dir: &Path) -> std::io::Result<()> {
+    use nix::mount::{MsFlags, mount};
+    use std::os::unix::fs::DirBuilderExt;
+    if let Some(parent) = dir.parent() {
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(parent)?;
+    }
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e),
+    }
+    // A directory, not a symlink somebody left there: mount follows links.
+    let meta = std::fs::symlink_metadata(dir)?;
+    if !meta.is_dir() {
+        return Err(std::io::Error::other(format!("{DIR} is not a directory")));
+    }
+    if is_tmpfs(dir) {
+        return Ok(()); // another cns mounted it meanwhile
+    }
+    let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    mount(Some(cns_mounts::CRIU_CACHE_SOURCE), dir, Some("tmpfs"), flags, Some("size=1m,mode=0700")).map_err(std::io::Error::from)?;
+    // Two cns racing both mount: keep one layer, not a stack.
+    if cns_mounts::read_mountinfo("self").is_ok_and(|m| m.iter().filter(|i| i.mount_point == DIR).count() > 1) {
+        let _ = nix::mount::umount2(dir, nix::mount::MntFlags::MNT_DETACH);
+    }
+    Ok(())
+}
