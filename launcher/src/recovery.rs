@@ -283,7 +283,9 @@ fn flock(rt: &Runtime, name: &str, wait: bool) -> Option<nix::fcntl::Flock<fs::F
     nix::fcntl::Flock::lock(f, how).ok()
 }
 
-/// `.NAME.dump-PID` directories whose dump is gone. A CRIU killed mid-dump
+/// `.NAME.dump-PID` directories whose dump is gone, and `.NAME.old-PID`
+/// previous checkpoints whose dump ended (its background removal was cut
+/// short) or died after its outcome was settled. A CRIU killed mid-dump
 /// also leaves its network lock (an nf_tables table in the workload's
 /// netns that drops its traffic): lift it, or the workload, running again,
 /// would stay cut off.
@@ -298,11 +300,10 @@ fn sweep_staging(rt: &Runtime) {
             }
             continue;
         }
-        let Some(pid) = staging_pid(&n) else { continue };
+        let Some((name, pid)) = staging_name_pid(&n) else { continue };
         if process_matches(pid, None) {
             continue;
         }
-        let name = n.trim_start_matches('.').rsplit_once(".dump-").map(|(w, _)| w.to_string()).unwrap_or_default();
         if !name.is_empty() && read(&rt.store.paths.workload_dir(&name)).is_some() {
             // Its dump's CRIU still works (the sweep above left the marker).
             continue;
@@ -348,6 +349,14 @@ pub fn staging_pid(file_name: &str) -> Option<i32> {
     rest.rsplit_once(".dump-")?.1.parse().ok()
 }
 
+/// NAME and PID of a dump's staging dir `.NAME.dump-PID` or of a previous
+/// checkpoint set aside, `.NAME.old-PID`.
+fn staging_name_pid(file_name: &str) -> Option<(String, i32)> {
+    let rest = file_name.strip_prefix('.')?;
+    let (name, pid) = rest.rsplit_once(".dump-").or_else(|| rest.rsplit_once(".old-"))?;
+    Some((name.to_string(), pid.parse().ok()?))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -359,5 +368,9 @@ mod tests {
         assert_eq!(staging_pid("web"), None);
         assert_eq!(staging_pid(".web.dump-x"), None);
         assert_eq!(staging_pid("web.dump-1"), None);
+        assert_eq!(staging_name_pid(".web.old-42"), Some(("web".to_string(), 42)));
+        assert_eq!(staging_name_pid(".web.dump-42"), Some(("web".to_string(), 42)));
+        assert_eq!(staging_name_pid(".web.old-x"), None);
+        assert_eq!(staging_name_pid("web.old-1"), None);
     }
 }
