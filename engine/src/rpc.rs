@@ -203,6 +203,15 @@ impl Swrk {
         self.child.id()
     }
 
+    /// Ends a swrk that was never asked anything (the caller started it
+    /// early, to overlap CRIU's start-up with its own checks, and the checks
+    /// refused): closing the socket makes CRIU exit, and it is reaped here.
+    pub fn cancel(self) {
+        let Swrk { mut child, sock } = self;
+        drop(sock);
+        let _ = child.wait();
+    }
+
     fn send(&self, op: &'static str, req: &CriuReq) -> Result<(), RpcError> {
         let buf = req.encode_to_vec();
         socket::send(self.sock.as_raw_fd(), &buf, MsgFlags::MSG_NOSIGNAL)

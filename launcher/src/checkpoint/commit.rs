@@ -94,17 +94,30 @@ impl Staging {
         let _ = fs::remove_dir_all(&self.dir);
     }
 
-    /// The dump succeeded: the previous checkpoint goes, in the
-    /// background: unlinking a large image takes the file system a while
-    /// (16 ms for a 17 MB pages file here), and nobody waits for it. If
-    /// that removal is cut short, the recovery sweep finishes it
+    /// The dump succeeded: the previous checkpoint goes. A large one goes
+    /// in the background: unlinking a big image takes the file system a
+    /// while (16 ms for a 17 MB pages file here), and nobody needs to wait
+    /// for it; a small one is removed faster than a helper starts (~2 ms).
+    /// If a background removal is cut short, the recovery sweep finishes it
     /// (`.NAME.old-PID` of a dead PID with no marker).
     pub fn finish(self) {
         let _ = fs::remove_dir_all(&self.dir);
         if self.old.exists() {
-            discard_in_background(&self.old);
+            if bytes_in(&self.old) > BACKGROUND_REMOVAL {
+                discard_in_background(&self.old);
+            } else {
+                let _ = fs::remove_dir_all(&self.old);
+            }
         }
     }
+}
+
+/// Above this many bytes, an old checkpoint is removed in the background.
+const BACKGROUND_REMOVAL: u64 = 8 << 20;
+
+/// Bytes of the regular files directly in `dir` (an image directory is flat).
+fn bytes_in(dir: &Path) -> u64 {
+    fs::read_dir(dir).map(|rd| rd.flatten().filter_map(|e| e.metadata().ok()).filter(|m| m.is_file()).map(|m| m.len()).sum()).unwrap_or(0)
 }
 
 /// Removes the directory `path` from a detached `rm -rf`, falling back to

@@ -132,8 +132,29 @@ pub fn dump_locked(rt: &Runtime, l: &Locked, mut w: Workload, plan: DumpPlan, no
 pub fn dump_to(rt: &Runtime, l: &Locked, w: &Workload, mut plan: DumpPlan, no_preflight: bool, events: &dyn Events) -> Result<Option<DumpStats>> {
     let images = plan.options.images.clone();
     check_destination(&images)?;
-    let memory = if no_preflight { 0 } else { preflight_dump(&mut plan, w, events)? };
     let mut staging = Staging::create(&images, &l.dir)?;
+    // CRIU starts first: loading it takes it about as long as the
+    // pre-flight takes cns, and the two overlap. A refusal ends it unasked.
+    let swrk = match Swrk::start(&plan.criu.path, &plan.inherit, criu_stderr(&staging.dir, "criu-stderr.log")) {
+        Ok(s) => s,
+        Err(e) => {
+            staging.abandon(&rt.failed_dump_log(&w.name));
+            return Err(criu_failure("dump", e, &rt.failed_dump_log(&w.name)));
+        }
+    };
+    let memory = if no_preflight {
+        Ok(0)
+    } else {
+        preflight_dump(&mut plan, w, events)
+    };
+    let memory = match memory {
+        Ok(m) => m,
+        Err(e) => {
+            swrk.cancel();
+            staging.abandon(&rt.failed_dump_log(&w.name));
+            return Err(e);
+        }
+    };
     let meta = Meta::new(w, &plan.criu, plan.options.flags);
     let mut marker = recovery::Marker::new(false);
     marker.dump = Some(recovery::DumpMark { images: images.clone(), old: None, committed: false });
@@ -142,11 +163,14 @@ pub fn dump_to(rt: &Runtime, l: &Locked, w: &Workload, mut plan: DumpPlan, no_pr
         marker.root = Some(plan.pid);
         marker.root_start = crate::process::stat::process_start(plan.pid);
     }
+    marker.criu = Some(swrk.pid() as i32);
+    marker.criu_start = crate::process::stat::process_start(swrk.pid() as i32);
     if let Err(e) = recovery::begin(&l.dir, &marker) {
+        swrk.cancel();
         staging.abandon(&rt.failed_dump_log(&w.name));
         return Err(e);
     }
-    let result = run_criu(&plan, &mut staging, &meta, &l.dir, memory, events);
+    let result = run_criu(&plan, swrk, &mut staging, &meta, memory, events);
     events.done();
     if let Err(e) = result {
         let failed_log = rt.failed_dump_log(&w.name);
@@ -224,12 +248,16 @@ fn preflight_dump(plan: &mut DumpPlan, w: &Workload, events: &dyn Events) -> Res
 }
 
 /// CRIU's dump into the staging directory, committing at post-dump.
-fn run_criu(plan: &DumpPlan, staging: &mut Staging, meta: &Meta, state_dir: &Path, memory: u64, events: &dyn Events) -> Result<(), cns_engine::RpcError> {
+fn run_criu(plan: &DumpPlan, swrk: Swrk, staging: &mut Staging, meta: &Meta, memory: u64, events: &dyn Events) -> Result<(), cns_engine::RpcError> {
     let what = format!("dumping {}", plan.name);
     events.stage(&what, &format!("freezing the tree (pid {})", plan.pid));
-    let dir = open_dir(&staging.dir).map_err(|e| cns_engine::RpcError::Protocol { op: "DUMP", what: e.one_line() })?;
-    let swrk = Swrk::start(&plan.criu.path, &plan.inherit, criu_stderr(&staging.dir, "criu-stderr.log"))?;
-    recovery::set_criu(state_dir, swrk.pid() as i32);
+    let dir = match open_dir(&staging.dir) {
+        Ok(d) => d,
+        Err(e) => {
+            swrk.cancel();
+            return Err(cns_engine::RpcError::Protocol { op: "DUMP", what: e.one_line() });
+        }
+    };
     let dirs = Dirs { images: Some(dir.as_fd()), work: Some(dir.as_fd()) };
     swrk.dump(&plan.options, dirs, &mut |n: &Notify| {
         if let Err(e) = crate::checkpoint::hooks::run(&plan.action_scripts, &n.script, n.pid.or(Some(plan.pid)), &plan.name, &plan.options.images) {
