@@ -35,6 +35,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<i32> {
     // Every command that reads or changes workloads needs root: the state
     // is root-only, and half an answer (an empty `ps`) would mislead.
     rt.require_root()?;
+    rt.store.prepare();
     cns_runtime::recovery::sweep(&rt);
     match cli.command {
         Command::Run(a) => cli::run::run(&rt, *a),

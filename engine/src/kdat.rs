@@ -8,8 +8,9 @@
 //! file system (this project's CI machine: ext4), CRIU never keeps it.
 //!
 //! `scripts/install-criu` builds CRIU with `RUNDIR=` [`DIR`], and cns makes
-//! sure [`DIR`] is a tmpfs before it starts CRIU: a directory of the host's
-//! /run when /run is a tmpfs already, else a 1 MiB tmpfs of its own (source
+//! sure [`DIR`] is a tmpfs before it starts CRIU: a directory of cns's
+//! state, which is on a tmpfs already on most hosts (see the launcher's
+//! workload::store), else a 1 MiB tmpfs of its own (source
 //! [`cns_mounts::CRIU_CACHE_SOURCE`], mode 0700, mounted once and left for
 //! the next run; a workload's mount namespace drops it). A CRIU built
 //! elsewhere keeps using its own RUNDIR and simply does not find the file.
@@ -25,7 +26,7 @@ pub const DIR: &str = "/run/cns/.criu";
 /// it already is: one statfs.
 pub fn prepare() -> bool {
     let dir = Path::new(DIR);
-    if is_tmpfs(dir) {
+    if cns_mounts::is_tmpfs(dir) {
         return true;
     }
     if let Err(e) = mount_cache(dir) {
@@ -35,12 +36,7 @@ pub fn prepare() -> bool {
     true
 }
 
-fn is_tmpfs(dir: &Path) -> bool {
-    nix::sys::statfs::statfs(dir).is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::TMPFS_MAGIC)
-}
-
 fn mount_cache(dir: &Path) -> std::io::Result<()> {
-    use nix::mount::{MsFlags, mount};
     use std::os::unix::fs::DirBuilderExt;
     if let Some(parent) = dir.parent() {
         std::fs::DirBuilder::new().recursive(true).mode(0o700).create(parent)?;
@@ -55,11 +51,10 @@ fn mount_cache(dir: &Path) -> std::io::Result<()> {
     if !meta.is_dir() {
         return Err(std::io::Error::other(format!("{DIR} is not a directory")));
     }
-    if is_tmpfs(dir) {
+    if cns_mounts::is_tmpfs(dir) {
         return Ok(()); // another cns mounted it meanwhile
     }
-    let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
-    mount(Some(cns_mounts::CRIU_CACHE_SOURCE), dir, Some("tmpfs"), flags, Some("size=1m,mode=0700")).map_err(std::io::Error::from)?;
+    cns_mounts::mount_private_dir(dir, cns_mounts::CRIU_CACHE_SOURCE, "1m").map_err(std::io::Error::other)?;
     // Two cns racing both mount: keep one layer, not a stack.
     if cns_mounts::read_mountinfo("self").is_ok_and(|m| m.iter().filter(|i| i.mount_point == DIR).count() > 1) {
         let _ = nix::mount::umount2(dir, nix::mount::MntFlags::MNT_DETACH);

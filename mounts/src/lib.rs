@@ -168,16 +168,34 @@ pub fn read_mountinfo(pid: &str) -> Result<Vec<MountInfo>, MountError> {
     Ok(parse_mountinfo(&text))
 }
 
+/// The source name of the tmpfs cns keeps its state in on hosts whose /run
+/// is not a tmpfs (launcher's workload::store). Host-only, like the next.
+pub const STATE_SOURCE: &str = "cns-state";
+
+/// Mounts a root-only tmpfs (mode 0700, nosuid, nodev, noexec) named
+/// `source` at the directory `dir`.
+pub fn mount_private_dir(dir: &Path, source: &str, size: &str) -> Result<(), MountError> {
+    let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    let data = format!("size={size},mode=0700");
+    mount(Some(source), dir, Some("tmpfs"), flags, Some(data.as_str())).map_err(|source| MountError::Tmpfs { path: dir.to_path_buf(), source })
+}
+
+/// Whether `dir` is on a tmpfs.
+pub fn is_tmpfs(dir: &Path) -> bool {
+    nix::sys::statfs::statfs(dir).is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::TMPFS_MAGIC)
+}
+
 /// The source name of the small tmpfs cns gives CRIU for its kernel-feature
 /// cache on hosts whose /run is not a tmpfs (cns_engine::kdat). It belongs
 /// to the host: a workload's mount namespace drops it.
 pub const CRIU_CACHE_SOURCE: &str = "cns-criu-cache";
 
 /// Mount points that belong to the host and not to a workload: nsfs mounts
-/// (a namespace pinned by `ip netns`) and CRIU's cache tmpfs. Deepest first,
+/// (a namespace pinned by `ip netns`), cns's state tmpfs and CRIU's cache
+/// tmpfs. Deepest first,
 /// so stacked ones unmount cleanly.
 pub fn host_only_mounts(mounts: &[MountInfo]) -> Vec<String> {
-    let host_only = |m: &&MountInfo| m.fs_type == "nsfs" || (m.fs_type == "tmpfs" && m.source == CRIU_CACHE_SOURCE);
+    let host_only = |m: &&MountInfo| m.fs_type == "nsfs" || (m.fs_type == "tmpfs" && (m.source == CRIU_CACHE_SOURCE || m.source == STATE_SOURCE));
     let mut v: Vec<String> = mounts.iter().filter(host_only).map(|m| m.mount_point.clone()).collect();
     v.sort_by_key(|p| std::cmp::Reverse(p.matches('/').count()));
     v.dedup();
@@ -305,8 +323,9 @@ mod tests {
     fn criu_cache_is_host_only() {
         let m = parse_mountinfo("27 1 254:0 / / rw - ext4 /dev/vda rw\n\
              93 27 0:51 / /run/cns/.criu rw,nosuid - tmpfs cns-criu-cache rw,size=1024k\n\
-             94 27 0:52 / /run/other rw - tmpfs tmpfs rw\n");
-        assert_eq!(host_only_mounts(&m), vec!["/run/cns/.criu".to_string()]);
+             94 27 0:52 / /run/other rw - tmpfs tmpfs rw\n\
+             95 27 0:53 / /run/cns rw - tmpfs cns-state rw,size=65536k\n");
+        assert_eq!(host_only_mounts(&m), vec!["/run/cns/.criu".to_string(), "/run/cns".to_string()]);
     }
 
     #[test]

@@ -200,19 +200,20 @@ fn start_locked(rt: &Runtime, opts: &RunOptions, c: &Checked, locked: &Locked, r
     // The record is first written as running, once the child exists
     // (`record` below): until then the recovery marker alone says what to
     // undo.
-    rollback.rules = true;
-    net::install_rules(rt, name, &w.net)?;
     let spec = spec(rt, opts, c, &w, stdio_mount)?;
     let net_cfg = w.net.clone();
     // Recorded as running while the child sets itself up (its PID and
     // namespaces are final from the clone on), not after CMD's exec: a
-    // short command is then not kept waiting on cns's bookkeeping. A
-    // failure to start rolls the record back as before.
+    // short command is then not kept waiting on cns's bookkeeping. The
+    // nf_tables rules are made meanwhile too (CMD starts after them; their
+    // first install registers the host's NAT and conntrack hooks, most of a
+    // millisecond). A failure to start rolls all of it back as before.
+    rollback.rules = true;
     let mut record = |pid: i32| -> Result<()> {
         w.mark_running(pid, std::process::id() as i32);
         locked.save(&w)?;
         recovery::set_root(&locked.dir, pid);
-        Ok(())
+        net::install_rules(rt, name, &w.net)
     };
     let (pid, monitor) = launch(rt, &spec, &net_cfg, &c.confine.limits, locked, opts.detach, &mut record)?;
     if w.pid != Some(pid) {

@@ -142,8 +142,10 @@ fn pipe() -> Result<(OwnedFd, OwnedFd), SpawnError> {
 /// parent once the child exists (its host PID given) and before the child
 /// sets itself up: it creates the host end of the veth and writes pidfiles.
 /// Returns the host PID of init once CMD has been exec'd.
-/// `after_go` runs in the parent while the child finishes its setup and
-/// execs (records that need only its PID); its error kills the child.
+/// `after_go` runs in the parent while the child finishes its setup (its
+/// network inside, stdio, masks): records that need only its PID, and the
+/// workload's nf_tables rules. CMD starts only once it has returned; its
+/// error kills the child.
 pub fn start(spec: &Spec, before_go: &mut dyn FnMut(i32) -> crate::error::Result<()>, after_go: &mut dyn FnMut(i32) -> crate::error::Result<()>) -> Result<i32, SpawnError> {
     // A socket, not a pipe: the child may fail and go before it reads, and
     // the parent's send must then fail (MSG_NOSIGNAL), not raise SIGPIPE.
@@ -172,12 +174,14 @@ pub fn start(spec: &Spec, before_go: &mut dyn FnMut(i32) -> crate::error::Result
                 return Err(SpawnError::Parent(e));
             }
             let _ = nix::sys::socket::send(go_w.as_raw_fd(), b"g", nix::sys::socket::MsgFlags::MSG_NOSIGNAL);
-            drop(go_w);
             if let Err(e) = after_go(pid) {
                 let _ = nix::sys::signal::kill(child, Signal::SIGKILL);
                 let _ = waitpid(child, None);
                 return Err(SpawnError::Parent(e));
             }
+            // CMD may start: everything it could depend on is in place.
+            let _ = nix::sys::socket::send(go_w.as_raw_fd(), b"c", nix::sys::socket::MsgFlags::MSG_NOSIGNAL);
+            drop(go_w);
             // Nothing comes back when CMD was exec'd (the pipe is close-on-exec).
             let Some(report) = Report::receive(rep_r) else { return Ok(pid) };
             let _ = nix::sys::signal::kill(child, Signal::SIGKILL);
@@ -206,8 +210,23 @@ fn errno_of(e: &nix::Error) -> Option<i32> {
     Some(*e as i32)
 }
 
+/// Waits for the parent's next go-ahead byte on `go`.
+fn wait_parent(go: &OwnedFd) -> Result<(), StepError> {
+    let mut b = [0u8; 1];
+    let n = loop {
+        match nix::unistd::read(go, &mut b) {
+            Err(nix::errno::Errno::EINTR) => continue,
+            r => break r.unwrap_or(0),
+        }
+    };
+    if n != 1 {
+        return Err(StepError::new("waiting for the parent", "the parent went away", None, "run with -v"));
+    }
+    Ok(())
+}
+
 /// The whole setup of the workload, in order, inside the new namespaces.
-fn setup_namespace(spec: &Spec, go: OwnedFd) -> Result<(), StepError> {
+fn setup_namespace(spec: &Spec, go: &OwnedFd) -> Result<(), StepError> {
     // 1. A session of its own: CRIU needs the session leader inside the tree.
     nix::unistd::setsid().map_err(|e| StepError::new("setsid", e, errno_of(&e), "should not happen in a fresh pid ns"))?;
     // 2. Mounts: private propagation, host nsfs mounts gone, the root of
@@ -226,12 +245,7 @@ fn setup_namespace(spec: &Spec, go: OwnedFd) -> Result<(), StepError> {
     // 4. Wait until the parent has put the veth in place (the steps above
     //    ran meanwhile), then the network: lo up (CRIU needs it), eth0
     //    address and default route.
-    let mut b = [0u8; 1];
-    let n = nix::unistd::read(&go, &mut b).unwrap_or(0);
-    drop(go);
-    if n != 1 {
-        return Err(StepError::new("waiting for the parent", "the parent went away", None, "run with -v"));
-    }
+    wait_parent(go)?;
     let nl = cns_netns::Netlink::new().map_err(|e| StepError::new("netlink", e, None, "is the kernel built with CONFIG_NET?"))?;
     cns_netns::configure_inside(&nl, spec.net.as_ref())
         .map_err(|e| StepError::new("network setup", &e, e.raw_os_error(), "check that the veth reached the namespace"))?;
@@ -320,9 +334,15 @@ pub fn close_fds_from(from: u32, cloexec_only: bool) {
 fn child_main(spec: &Spec, go: OwnedFd, rep: OwnedFd) -> ! {
     let rep_raw = rep.as_raw_fd();
     std::mem::forget(rep);
-    if let Err(e) = setup_namespace(spec, go) {
+    if let Err(e) = setup_namespace(spec, &go) {
         report_and_exit(rep_raw, e);
     }
+    // The parent's records and the workload's nf_tables rules (made while
+    // this process set itself up) come before CMD.
+    if let Err(e) = wait_parent(&go) {
+        report_and_exit(rep_raw, e);
+    }
+    drop(go);
     // 6. Every inherited fd: close-on-exec now (the report pipe must live
     //    until CMD's exec), closed for good in init right after the fork.
     close_fds_from(3, true);

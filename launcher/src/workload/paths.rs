@@ -13,6 +13,9 @@
 
 use std::path::PathBuf;
 
+/// The default state root (`CNS_STATE_DIR` moves it).
+pub const DEFAULT_STATE: &str = "/run/cns";
+
 /// The roots cns uses.
 #[derive(Debug, Clone)]
 pub struct Paths {
@@ -23,7 +26,7 @@ pub struct Paths {
 impl Paths {
     pub fn from_env() -> Paths {
         let get = |k: &str, d: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map_or_else(|| PathBuf::from(d), PathBuf::from);
-        Paths { state: get("CNS_STATE_DIR", "/run/cns"), lib: get("CNS_LIB_DIR", "/var/lib/cns") }
+        Paths { state: get("CNS_STATE_DIR", DEFAULT_STATE), lib: get("CNS_LIB_DIR", "/var/lib/cns") }
     }
 
     pub fn workload_dir(&self, name: &str) -> PathBuf {
