@@ -26,6 +26,8 @@ pub struct Meta {
     /// What the dump needed and the restore needs too.
     #[serde(flatten)]
     pub flags: CriuFlags,
+    /// Written by earlier cns versions only: the dump's statistics are read
+    /// from CRIU's own `stats-dump` image.
     pub stats: Option<DumpStats>,
     pub last_restore: Option<RestoreStats>,
 }

@@ -65,7 +65,8 @@ pub fn inspect(rt: &Runtime, target: &str) -> Result<serde_json::Value> {
             "processes": img.tree().ok(),
             "open_files": kinds,
             "flags": {"tcp_established": meta.flags.tcp_established, "file_locks": meta.flags.file_locks, "ext_unix_sk": meta.flags.ext_unix_sk, "shell_job": meta.flags.shell_job},
-            "dump_stats": meta.stats,
+            // Earlier checkpoints carry them in cns.json too; CRIU's stats-dump has them all.
+            "dump_stats": meta.stats.clone().or_else(|| img.dump_stats().ok()),
             "last_restore": meta.last_restore,
         }));
     } else if target.contains('/') {
