@@ -242,15 +242,7 @@ fn setup_namespace(spec: &Spec, go: &OwnedFd) -> Result<(), StepError> {
     // 3. Hostname.
     nix::unistd::sethostname(&spec.hostname)
         .map_err(|e| StepError::new("sethostname", e, errno_of(&e), "hostnames are at most 64 bytes"))?;
-    // 4. Wait until the parent has put the veth in place (the steps above
-    //    ran meanwhile), then the network: lo up (CRIU needs it), eth0
-    //    address and default route.
-    wait_parent(go)?;
-    let nl = cns_netns::Netlink::new().map_err(|e| StepError::new("netlink", e, None, "is the kernel built with CONFIG_NET?"))?;
-    cns_netns::configure_inside(&nl, spec.net.as_ref())
-        .map_err(|e| StepError::new("network setup", &e, e.raw_os_error(), "check that the veth reached the namespace"))?;
-    drop(nl);
-    // 5. stdio, opened inside the new mount namespace: stdin /dev/null,
+    // 4. stdio, opened inside the new mount namespace: stdin /dev/null,
     //    stdout/stderr the log. Nothing may point into the host's mount ns.
     //    The log is reached through a bind mount of its own, which the dump
     //    records as external and a restore maps to each copy's log.
@@ -260,17 +252,18 @@ fn setup_namespace(spec: &Spec, go: &OwnedFd) -> Result<(), StepError> {
     }
     cns_mounts::bind_file(&spec.log, &stdio).map_err(|e| mount_err("bind-mount the log", e))?;
     if spec.own_root {
-        // 5a. A root of its own: cns's static init is bind-mounted in, and
+        // 4a. A root of its own: cns's static init is bind-mounted in, and
         //     the host's tree is detached with pivot_root.
         let target = cns_mounts::confine::under(&root, std::path::Path::new(crate::confine::INIT_IN_ROOTFS));
         create_file(&target)?;
         cns_mounts::bind_file(&spec.init_binary, &target).map_err(|e| mount_err("bind-mount cns's init", e))?;
         prepared.seal().map_err(|e| mount_err("making the root read-only", e))?;
         cns_mounts::confine::pivot(&root).map_err(|e| mount_err("pivot_root", e))?;
-        return open_stdio(&spec.stdio_mount);
+        open_stdio(&spec.stdio_mount)?;
+        return network_inside(spec, go);
     }
     open_stdio(&spec.stdio_mount)?;
-    // 6. cns's own state, images and logs are not the workload's to see or
+    // 5. cns's own state, images and logs are not the workload's to see or
     //    plant files in; init's binary and the config only to read. (After
     //    stdio: the log is reached through its own bind mount.)
     for p in &spec.masked {
@@ -279,9 +272,21 @@ fn setup_namespace(spec: &Spec, go: &OwnedFd) -> Result<(), StepError> {
     for p in &spec.read_only {
         cns_mounts::bind_readonly(p).map_err(|e| StepError::new("protecting cns's binaries", &e, e.errno().map(|x| x as i32), e.hint()))?;
     }
-    // 7. A read-only root, last: binds made after it would be read-only too.
+    // 6. A read-only root, last of the mounts: binds made after it would be
+    //    read-only too.
     prepared.seal().map_err(|e| mount_err("making the root read-only", e))?;
-    Ok(())
+    network_inside(spec, go)
+}
+
+/// 7. Once the parent has put the veth in place (every step above ran
+///    meanwhile, mounts included), the network: lo up (CRIU needs it),
+///    eth0 address and default route. Netlink only: the mount namespace,
+///    sealed or pivoted by now, plays no part.
+fn network_inside(spec: &Spec, go: &OwnedFd) -> Result<(), StepError> {
+    wait_parent(go)?;
+    let nl = cns_netns::Netlink::new().map_err(|e| StepError::new("netlink", e, None, "is the kernel built with CONFIG_NET?"))?;
+    cns_netns::configure_inside(&nl, spec.net.as_ref())
+        .map_err(|e| StepError::new("network setup", &e, e.raw_os_error(), "check that the veth reached the namespace"))
 }
 
 /// An empty file to mount onto (in the workload's own /dev tmpfs).
@@ -337,22 +342,22 @@ fn child_main(spec: &Spec, go: OwnedFd, rep: OwnedFd) -> ! {
     if let Err(e) = setup_namespace(spec, &go) {
         report_and_exit(rep_raw, e);
     }
-    // The parent's records and the workload's nf_tables rules (made while
-    // this process set itself up) come before CMD.
+    // 7b. The parent's records and the workload's nf_tables rules (made
+    //     while this process set itself up) come before CMD.
     if let Err(e) = wait_parent(&go) {
         report_and_exit(rep_raw, e);
     }
     drop(go);
-    // 6. Every inherited fd: close-on-exec now (the report pipe must live
+    // 8. Every inherited fd: close-on-exec now (the report pipe must live
     //    until CMD's exec), closed for good in init right after the fork.
     close_fds_from(3, true);
-    // 7. Signals are blocked before the fork so none is lost; CMD unblocks.
+    // 9. Signals are blocked before the fork so none is lost; CMD unblocks.
     let sigs = forwarded_signals();
     let _ = sigs.thread_block();
     match spawn_command(spec, rep_raw) {
         Err(e) => report_and_exit(rep_raw, StepError::new("fork of the command", e, errno_of(&e), "")),
         Ok(child) => {
-            // 8. init execs cns's static init from inside the new mount
+            // 10. init execs cns's static init from inside the new mount
             //    namespace: a forked image would keep mappings of the host's
             //    mounts, which CRIU cannot dump ("Can't lookup mount"). With
             //    no environment: it needs none, and CMD's (set in our shared
