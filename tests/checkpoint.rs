@@ -253,3 +253,48 @@ fn a_restored_workload_can_be_dumped_and_restored_again() {
         assert_eq!(nums.get(pos + 1), Some(&(dumped + 1)), "round {round}: did not continue from {dumped}");
     }
 }
+
+/// The host's own /dev/shm is neither the workload's nor its checkpoint's:
+/// it is unmounted in the workload's mount namespace before the private
+/// one goes on, so CRIU does not archive the host's files into the images
+/// (nor spend a tar on each hidden tmpfs).
+#[test]
+fn the_hosts_dev_shm_stays_out_of_the_workload_and_its_checkpoint() {
+    let n = name("shm");
+    let _c = Cleanup(vec![n.clone()]);
+    let marker = std::path::PathBuf::from(format!("/dev/shm/cns-test-{n}"));
+    std::fs::write(&marker, b"a file of the host's").expect("host /dev/shm file");
+    struct Gone(std::path::PathBuf);
+    impl Drop for Gone {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+    let _gone = Gone(marker.clone());
+    ok(&["run", "-d", "--name", &n, "--", "sleep", "1000"]);
+    let pid = pid_of(&n);
+    let mountinfo = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).expect("mountinfo");
+    let shm: Vec<&str> = mountinfo.lines().filter(|l| l.split(' ').nth(4) == Some("/dev/shm")).collect();
+    assert_eq!(shm.len(), 1, "one /dev/shm mount, the workload's own: {shm:?}");
+    assert!(shm[0].contains(" - tmpfs shm "), "{}", shm[0]);
+    ok(&["dump", "--leave-running", &n]);
+    let img = format!("/var/lib/cns/images/{n}");
+    let mut archives = 0;
+    for e in std::fs::read_dir(&img).expect("images").flatten() {
+        let f = e.file_name().to_string_lossy().into_owned();
+        if !f.starts_with("tmpfs-") {
+            continue;
+        }
+        archives += 1;
+        let list = std::process::Command::new("tar").arg("-tzf").arg(e.path()).output().expect("tar");
+        assert!(list.status.success(), "tar -tzf {f}");
+        let names = String::from_utf8_lossy(&list.stdout);
+        assert!(!names.contains(&format!("cns-test-{n}")), "the host's /dev/shm file is in {f}: {names}");
+    }
+    assert!(archives > 0, "the workload's own /dev/shm is archived");
+    // And what the workload writes there stays its own.
+    let own = format!("cns-own-{n}");
+    let out = ok(&["exec", &n, "--", "sh", "-c", &format!("echo mine > /dev/shm/{own} && cat /dev/shm/{own}")]);
+    assert_eq!(out.trim(), "mine");
+    assert!(!std::path::Path::new(&format!("/dev/shm/{own}")).exists(), "the workload's /dev/shm file showed on the host");
+}

@@ -21,8 +21,8 @@ use nix::mount::{MntFlags, MsFlags, mount, umount2};
 pub enum MountError {
     #[error("making mount propagation private (mount --make-rprivate /) failed: {0}")]
     MakePrivate(#[source] nix::Error),
-    #[error("unmounting host nsfs mount {path} failed: {source}")]
-    UnmountNsfs { path: PathBuf, source: nix::Error },
+    #[error("unmounting the host's mount at {path} in the workload's namespace failed: {source}")]
+    UnmountHost { path: PathBuf, source: nix::Error },
     #[error("mounting a fresh /proc failed: {0}")]
     Proc(#[source] nix::Error),
     #[error("mounting a private tmpfs on {path} failed: {source}")]
@@ -50,7 +50,7 @@ impl MountError {
     pub fn errno(&self) -> Option<nix::Error> {
         match self {
             MountError::MakePrivate(e) | MountError::Proc(e) | MountError::Pivot(e) => Some(*e),
-            MountError::UnmountNsfs { source, .. }
+            MountError::UnmountHost { source, .. }
             | MountError::Tmpfs { source, .. }
             | MountError::Bind { source, .. }
             | MountError::Mask { source, .. }
@@ -216,10 +216,25 @@ pub fn unmount_host_only() -> Result<usize, MountError> {
     for t in &targets {
         match umount2(Path::new(t), MntFlags::MNT_DETACH) {
             Ok(()) | Err(nix::Error::EINVAL) | Err(nix::Error::ENOENT) => {}
-            Err(source) => return Err(MountError::UnmountNsfs { path: t.into(), source }),
+            Err(source) => return Err(MountError::UnmountHost { path: t.into(), source }),
         }
     }
     Ok(targets.len())
+}
+
+/// Detaches every mount stacked at `path` in this mount namespace (none:
+/// nothing to do).
+pub fn unmount_all(path: &Path) -> Result<usize, MountError> {
+    let mut n = 0;
+    // A bound on a loop that ends when nothing is mounted there any more.
+    for _ in 0..64 {
+        match umount2(path, MntFlags::MNT_DETACH) {
+            Ok(()) => n += 1,
+            Err(nix::Error::EINVAL) | Err(nix::Error::ENOENT) => return Ok(n),
+            Err(source) => return Err(MountError::UnmountHost { path: path.to_path_buf(), source }),
+        }
+    }
+    Ok(n)
 }
 
 /// Mounts a fresh procfs on /proc (for the caller's pid namespace).
@@ -263,6 +278,35 @@ pub fn mask_dir(path: &Path) -> Result<bool, MountError> {
     mount(Some("cns-mask"), path, Some("tmpfs"), flags, Some("size=4k,mode=0500"))
         .map_err(|source| MountError::Mask { path: path.to_path_buf(), source })?;
     Ok(true)
+}
+
+/// Hides each directory of `paths` that exists: the first under an empty,
+/// read-only tmpfs ([`mask_dir`]), the others under read-only binds of
+/// that same tmpfs. One tmpfs, not one each: CRIU archives every tmpfs of
+/// a workload at each dump (a tar and a gzip per mount) and unpacks it at
+/// each restore, while a bind of one costs it nothing.
+pub fn mask_dirs(paths: &[PathBuf]) -> Result<usize, MountError> {
+    let mut first: Option<&Path> = None;
+    let mut n = 0;
+    for path in paths {
+        if !path.is_dir() {
+            continue;
+        }
+        match first {
+            None => {
+                mask_dir(path)?;
+                first = Some(path);
+            }
+            Some(src) => {
+                let err = |source| MountError::Mask { path: path.to_path_buf(), source };
+                mount(Some(src), path.as_path(), None::<&str>, MsFlags::MS_BIND, None::<&str>).map_err(err)?;
+                let ro = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+                mount(None::<&str>, path.as_path(), None::<&str>, ro, None::<&str>).map_err(err)?;
+            }
+        }
+        n += 1;
+    }
+    Ok(n)
 }
 
 /// Makes the directory `path` read-only in this mount namespace (a bind

@@ -266,9 +266,7 @@ fn setup_namespace(spec: &Spec, go: &OwnedFd) -> Result<(), StepError> {
     // 5. cns's own state, images and logs are not the workload's to see or
     //    plant files in; init's binary and the config only to read. (After
     //    stdio: the log is reached through its own bind mount.)
-    for p in &spec.masked {
-        cns_mounts::mask_dir(p).map_err(|e| StepError::new("hiding cns's state", &e, e.errno().map(|x| x as i32), e.hint()))?;
-    }
+    cns_mounts::mask_dirs(&spec.masked).map_err(|e| StepError::new("hiding cns's state", &e, e.errno().map(|x| x as i32), e.hint()))?;
     for p in &spec.read_only {
         cns_mounts::bind_readonly(p).map_err(|e| StepError::new("protecting cns's binaries", &e, e.errno().map(|x| x as i32), e.hint()))?;
     }
