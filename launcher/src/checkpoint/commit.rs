@@ -25,6 +25,8 @@ pub struct Staging {
     /// The workload's state dir (its recovery marker).
     state_dir: PathBuf,
     committed: bool,
+    /// `cns.json` being written durably while CRIU dumps ([`Staging::prewrite`]).
+    meta_written: Option<std::thread::JoinHandle<Result<()>>>,
 }
 
 fn sibling(images: &Path, kind: &str) -> PathBuf {
@@ -41,16 +43,33 @@ impl Staging {
         std::os::unix::fs::DirBuilderExt::mode(&mut fs::DirBuilder::new(), 0o700)
             .create(&dir)
             .with_context(|| format!("cannot create {}", dir.display()))?;
-        Ok(Staging { dir, images: images.to_path_buf(), old: sibling(images, "old"), state_dir: state_dir.to_path_buf(), committed: false })
+        Ok(Staging { dir, images: images.to_path_buf(), old: sibling(images, "old"), state_dir: state_dir.to_path_buf(), committed: false, meta_written: None })
     }
 
     pub fn committed(&self) -> bool {
         self.committed
     }
 
-    /// Writes `meta` and moves the complete dump into place.
+    /// Starts writing `meta` into the staging directory, durably (file and
+    /// directory fsync-ed), in a thread of its own: it runs while CRIU
+    /// dumps, and [`Staging::commit`] only waits for it, so its fsyncs
+    /// (1.5 ms here) are not spent while the tree is frozen.
+    pub fn prewrite(&mut self, meta: &Meta) {
+        let (meta, dir) = (meta.clone(), self.dir.clone());
+        self.meta_written = Some(std::thread::spawn(move || meta.write(&dir)));
+    }
+
+    /// Whether the pre-written metadata is on disk (waits for it).
+    fn prewritten(&mut self) -> bool {
+        matches!(self.meta_written.take().map(|h| h.join()), Some(Ok(Ok(()))))
+    }
+
+    /// Writes `meta` (unless [`Staging::prewrite`] did) and moves the
+    /// complete dump into place.
     pub fn commit(&mut self, meta: &Meta) -> Result<()> {
-        meta.write(&self.dir)?;
+        if !self.prewritten() {
+            meta.write(&self.dir)?;
+        }
         let _ = fs::remove_dir_all(&self.old);
         let had_old = self.images.exists();
         if had_old {
@@ -79,7 +98,9 @@ impl Staging {
 
     /// The dump failed: keep CRIU's log at `failed_log`, put the previous
     /// checkpoint back, remove what this dump wrote.
-    pub fn abandon(self, failed_log: &Path) {
+    pub fn abandon(mut self, failed_log: &Path) {
+        // A metadata write still going ends before its directory goes.
+        let _ = self.prewritten();
         let log = cns_engine::image::DUMP_LOG;
         if self.committed {
             // CRIU failed after the images were complete; it resumed the tree.

@@ -170,6 +170,7 @@ pub fn dump_to(rt: &Runtime, l: &Locked, w: &Workload, mut plan: DumpPlan, no_pr
         staging.abandon(&rt.failed_dump_log(&w.name));
         return Err(e);
     }
+    staging.prewrite(&meta);
     let result = run_criu(&plan, swrk, &mut staging, &meta, memory, events);
     events.done();
     if let Err(e) = result {
