@@ -80,33 +80,37 @@ impl Store {
             .with_context(|| format!("cannot create the state directory {}", self.paths.state.display()))
     }
 
-    /// Makes the default state dir, when it does not exist yet, a tmpfs of
-    /// its own if /run is not one. Runtime state belongs on a tmpfs: it
-    /// must not outlive a reboot (a record of a workload that no longer
-    /// exists), and each launch writes a dozen small files that a disk
-    /// file system journals (about 1 ms of every `cns run` on this
-    /// project's ext4 /run). An existing directory is used as it is:
-    /// nothing of it is hidden under a mount. Best effort, one stat when
-    /// the directory exists.
+    /// Makes the default state dir a tmpfs of its own where /run is not
+    /// one. Runtime state belongs on a tmpfs: it must not outlive a reboot
+    /// (a record of a workload that no longer exists), and each launch
+    /// writes a dozen small files that a disk file system journals (about
+    /// 1 ms of every `cns run` on this project's ext4 /run). A directory
+    /// that already holds something (an earlier cns's state on the disk) is
+    /// used as it is: nothing of it is hidden under a mount. Best effort.
+    ///
+    /// One statfs when the state is on a tmpfs already. Otherwise under an
+    /// exclusive flock of the parent directory: a command that finds the
+    /// directory made but not yet mounted waits for the one mounting it,
+    /// instead of writing files the mount would then hide.
     pub fn prepare(&self) {
         let state = &self.paths.state;
-        if state.exists() || state.as_path() != std::path::Path::new(super::paths::DEFAULT_STATE) {
+        if state.as_path() != std::path::Path::new(super::paths::DEFAULT_STATE) || cns_mounts::is_tmpfs(state) {
             return;
         }
-        if crate::files::mkdir_private(state).is_err() {
+        let Some(parent) = state.parent() else { return };
+        if cns_mounts::is_tmpfs(parent) {
             return;
         }
-        if state.parent().is_none_or(cns_mounts::is_tmpfs) {
+        let Ok(dir) = File::open(parent) else { return };
+        let Ok(_lock) = Flock::lock(dir, FlockArg::LockExclusive) else { return };
+        if cns_mounts::is_tmpfs(state) || crate::files::mkdir_private(state).is_err() {
             return;
         }
-        match cns_mounts::mount_private_dir(state, cns_mounts::STATE_SOURCE, "64m") {
-            Ok(()) => {
-                // Two commands racing here both mount: keep one layer.
-                if cns_mounts::read_mountinfo("self").is_ok_and(|m| m.iter().filter(|i| i.mount_point == state.to_string_lossy()).count() > 1) {
-                    let _ = nix::mount::umount2(state.as_path(), nix::mount::MntFlags::MNT_DETACH);
-                }
-            }
-            Err(e) => tracing::debug!(error = %e, "state stays on the disk file system"),
+        if fs::read_dir(state).map(|mut d| d.next().is_some()).unwrap_or(true) {
+            return;
+        }
+        if let Err(e) = cns_mounts::mount_private_dir(state, cns_mounts::STATE_SOURCE, "64m") {
+            tracing::debug!(error = %e, "state stays on the disk file system");
         }
     }
 
