@@ -11,8 +11,9 @@
 //! sure [`DIR`] is a tmpfs before it starts CRIU: a directory of cns's
 //! state, which is on a tmpfs already on most hosts (see the launcher's
 //! workload::store), else a 1 MiB tmpfs of its own (source
-//! [`cns_mounts::CRIU_CACHE_SOURCE`], mode 0700, mounted once and left for
-//! the next run; a workload's mount namespace drops it). A CRIU built
+//! [`cns_mounts::CRIU_CACHE_SOURCE`], mode 0700, mounted once on the empty
+//! directory and left for the next run; a workload's mount namespace drops
+//! it). A CRIU built
 //! elsewhere keeps using its own RUNDIR and simply does not find the file.
 //! Failing to prepare the directory costs speed only, never a dump.
 
@@ -29,35 +30,20 @@ pub fn prepare() -> bool {
     if cns_mounts::is_tmpfs(dir) {
         return true;
     }
-    if let Err(e) = mount_cache(dir) {
-        tracing::debug!(dir = DIR, error = %e, "no tmpfs for CRIU's kernel-feature cache; every CRIU run probes the kernel again");
-        return false;
-    }
-    true
-}
-
-fn mount_cache(dir: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
+    // Its parent is cns's state dir, which the first command makes.
     if let Some(parent) = dir.parent() {
-        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(parent)?;
+        use std::os::unix::fs::DirBuilderExt;
+        let _ = std::fs::DirBuilder::new().recursive(true).mode(0o700).create(parent);
     }
-    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(e),
+    match cns_mounts::ensure_private_tmpfs(dir, cns_mounts::CRIU_CACHE_SOURCE, "1m") {
+        Ok(true) => true,
+        Ok(false) => {
+            tracing::debug!(dir = DIR, "the directory holds files: no tmpfs over it; every CRIU run probes the kernel again");
+            false
+        }
+        Err(e) => {
+            tracing::debug!(dir = DIR, error = %e, "no tmpfs for CRIU's kernel-feature cache; every CRIU run probes the kernel again");
+            false
+        }
     }
-    // A directory, not a symlink somebody left there: mount follows links.
-    let meta = std::fs::symlink_metadata(dir)?;
-    if !meta.is_dir() {
-        return Err(std::io::Error::other(format!("{DIR} is not a directory")));
-    }
-    if cns_mounts::is_tmpfs(dir) {
-        return Ok(()); // another cns mounted it meanwhile
-    }
-    cns_mounts::mount_private_dir(dir, cns_mounts::CRIU_CACHE_SOURCE, "1m").map_err(std::io::Error::other)?;
-    // Two cns racing both mount: keep one layer, not a stack.
-    if cns_mounts::read_mountinfo("self").is_ok_and(|m| m.iter().filter(|i| i.mount_point == DIR).count() > 1) {
-        let _ = nix::mount::umount2(dir, nix::mount::MntFlags::MNT_DETACH);
-    }
-    Ok(())
 }

@@ -4,11 +4,13 @@
 //! ([`prepare_namespace`]):
 //! 1. make every mount private, recursively, so nothing propagates back to
 //!    the host and CRIU sees no shared peers outside the tree;
-//! 2. unmount host `nsfs` mounts (left by `ip netns add` under /run/netns):
-//!    CRIU cannot restore a mount whose root is a namespace file;
+//! 2. unmount the host-only mounts ([`host_only_mounts`]): `nsfs` mounts
+//!    (left by `ip netns add` under /run/netns; CRIU cannot restore a mount
+//!    whose root is a namespace file) and cns's own state and CRIU-cache
+//!    tmpfs;
 //! 3. mount a fresh /proc for the new pid namespace;
-//! 4. mount a fresh, private tmpfs on /dev/shm (the host's would be dumped
-//!    with its contents).
+//! 4. unmount the host's /dev/shm and mount a fresh, private tmpfs there
+//!    (the host's, even hidden under it, would be dumped with its contents).
 
 pub mod confine;
 
@@ -178,6 +180,41 @@ pub fn mount_private_dir(dir: &Path, source: &str, size: &str) -> Result<(), Mou
     let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     let data = format!("size={size},mode=0700");
     mount(Some(source), dir, Some("tmpfs"), flags, Some(data.as_str())).map_err(|source| MountError::Tmpfs { path: dir.to_path_buf(), source })
+}
+
+/// Makes the directory `dir` a root-only tmpfs of its own
+/// ([`mount_private_dir`]) unless it is on a tmpfs already. Under an
+/// exclusive flock of its parent, so that of several commands racing here
+/// one mounts and the others wait and then find it mounted (none writes a
+/// file the mount would hide); and only on a missing or empty directory,
+/// so nothing that is there gets hidden. Returns whether `dir` is a tmpfs
+/// afterwards.
+pub fn ensure_private_tmpfs(dir: &Path, source: &str, size: &str) -> Result<bool, MountError> {
+    if is_tmpfs(dir) {
+        return Ok(true);
+    }
+    let Some(parent) = dir.parent() else { return Ok(false) };
+    let err = |source| MountError::Tmpfs { path: dir.to_path_buf(), source };
+    let io = |e: std::io::Error| err(nix::Error::from_raw(e.raw_os_error().unwrap_or(libc::EIO)));
+    let parent = std::fs::File::open(parent).map_err(io)?;
+    let _lock = nix::fcntl::Flock::lock(parent, nix::fcntl::FlockArg::LockExclusive).map_err(|(_, e)| err(e))?;
+    match nix::unistd::mkdir(dir, nix::sys::stat::Mode::S_IRWXU) {
+        Ok(()) | Err(nix::Error::EEXIST) => {}
+        Err(e) => return Err(err(e)),
+    }
+    // Mounted meanwhile by whoever held the lock, or made on a tmpfs.
+    if is_tmpfs(dir) {
+        return Ok(true);
+    }
+    // A directory, not a symlink somebody left there: mount follows links.
+    if !std::fs::symlink_metadata(dir).is_ok_and(|m| m.is_dir()) {
+        return Err(err(nix::Error::ENOTDIR));
+    }
+    if std::fs::read_dir(dir).map(|mut d| d.next().is_some()).unwrap_or(true) {
+        return Ok(false);
+    }
+    mount_private_dir(dir, source, size)?;
+    Ok(true)
 }
 
 /// Whether `dir` is on a tmpfs.
@@ -364,7 +401,7 @@ mod tests {
     }
 
     #[test]
-    fn criu_cache_is_host_only() {
+    fn cns_tmpfs_mounts_are_host_only() {
         let m = parse_mountinfo("27 1 254:0 / / rw - ext4 /dev/vda rw\n\
              93 27 0:51 / /run/cns/.criu rw,nosuid - tmpfs cns-criu-cache rw,size=1024k\n\
              94 27 0:52 / /run/other rw - tmpfs tmpfs rw\n\

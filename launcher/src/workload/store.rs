@@ -88,29 +88,17 @@ impl Store {
     /// that already holds something (an earlier cns's state on the disk) is
     /// used as it is: nothing of it is hidden under a mount. Best effort.
     ///
-    /// One statfs when the state is on a tmpfs already. Otherwise under an
-    /// exclusive flock of the parent directory: a command that finds the
-    /// directory made but not yet mounted waits for the one mounting it,
-    /// instead of writing files the mount would then hide.
+    /// One statfs when the state is on a tmpfs already; the first mount is
+    /// taken under a lock (cns_mounts::ensure_private_tmpfs).
     pub fn prepare(&self) {
         let state = &self.paths.state;
-        if state.as_path() != std::path::Path::new(super::paths::DEFAULT_STATE) || cns_mounts::is_tmpfs(state) {
+        if state.as_path() != std::path::Path::new(super::paths::DEFAULT_STATE) || cns_mounts::is_tmpfs(state) || state.parent().is_none_or(cns_mounts::is_tmpfs) {
             return;
         }
-        let Some(parent) = state.parent() else { return };
-        if cns_mounts::is_tmpfs(parent) {
-            return;
-        }
-        let Ok(dir) = File::open(parent) else { return };
-        let Ok(_lock) = Flock::lock(dir, FlockArg::LockExclusive) else { return };
-        if cns_mounts::is_tmpfs(state) || crate::files::mkdir_private(state).is_err() {
-            return;
-        }
-        if fs::read_dir(state).map(|mut d| d.next().is_some()).unwrap_or(true) {
-            return;
-        }
-        if let Err(e) = cns_mounts::mount_private_dir(state, cns_mounts::STATE_SOURCE, "64m") {
-            tracing::debug!(error = %e, "state stays on the disk file system");
+        match cns_mounts::ensure_private_tmpfs(state, cns_mounts::STATE_SOURCE, "64m") {
+            Ok(true) => {}
+            Ok(false) => tracing::debug!("the state dir holds files already: it stays on the disk file system"),
+            Err(e) => tracing::debug!(error = %e, "state stays on the disk file system"),
         }
     }
 
