@@ -343,12 +343,6 @@ pub fn import_pid(file_name: &str) -> Option<i32> {
     file_name.strip_prefix(".import-")?.parse().ok()
 }
 
-/// The PID in a staging dir name `.NAME.dump-PID`.
-pub fn staging_pid(file_name: &str) -> Option<i32> {
-    let rest = file_name.strip_prefix('.')?;
-    rest.rsplit_once(".dump-")?.1.parse().ok()
-}
-
 /// NAME and PID of a dump's staging dir `.NAME.dump-PID` or of a previous
 /// checkpoint set aside, `.NAME.old-PID`.
 fn staging_name_pid(file_name: &str) -> Option<(String, i32)> {
@@ -363,11 +357,11 @@ mod tests {
 
     #[test]
     fn staging_names() {
-        assert_eq!(staging_pid(".web.dump-123"), Some(123));
-        assert_eq!(staging_pid(".a.dump-b.dump-7"), Some(7));
-        assert_eq!(staging_pid("web"), None);
-        assert_eq!(staging_pid(".web.dump-x"), None);
-        assert_eq!(staging_pid("web.dump-1"), None);
+        assert_eq!(staging_name_pid(".web.dump-123"), Some(("web".to_string(), 123)));
+        assert_eq!(staging_name_pid(".a.dump-b.dump-7"), Some(("a.dump-b".to_string(), 7)));
+        assert_eq!(staging_name_pid("web"), None);
+        assert_eq!(staging_name_pid(".web.dump-x"), None);
+        assert_eq!(staging_name_pid("web.dump-1"), None);
         assert_eq!(staging_name_pid(".web.old-42"), Some(("web".to_string(), 42)));
         assert_eq!(staging_name_pid(".web.dump-42"), Some(("web".to_string(), 42)));
         assert_eq!(staging_name_pid(".web.old-x"), None);

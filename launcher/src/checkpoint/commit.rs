@@ -124,7 +124,7 @@ impl Staging {
     pub fn finish(self) {
         let _ = fs::remove_dir_all(&self.dir);
         if self.old.exists() {
-            if bytes_in(&self.old) > BACKGROUND_REMOVAL {
+            if cns_engine::ImageDir::new(&self.old).image_bytes().unwrap_or(0) > BACKGROUND_REMOVAL {
                 discard_in_background(&self.old);
             } else {
                 let _ = fs::remove_dir_all(&self.old);
@@ -135,11 +135,6 @@ impl Staging {
 
 /// Above this many bytes, an old checkpoint is removed in the background.
 const BACKGROUND_REMOVAL: u64 = 8 << 20;
-
-/// Bytes of the regular files directly in `dir` (an image directory is flat).
-fn bytes_in(dir: &Path) -> u64 {
-    fs::read_dir(dir).map(|rd| rd.flatten().filter_map(|e| e.metadata().ok()).filter(|m| m.is_file()).map(|m| m.len()).sum()).unwrap_or(0)
-}
 
 /// Removes the directory `path` from a detached `rm -rf`, falling back to
 /// removing it here. The shell in between exits at once, so the removal is

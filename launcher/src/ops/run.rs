@@ -197,14 +197,12 @@ fn start_locked(rt: &Runtime, opts: &RunOptions, c: &Checked, locked: &Locked, r
         namespaces: Default::default(),
         confine: c.confine.clone(),
     };
-    // The record is first written as running, once the child exists
-    // (`record` below): until then the recovery marker alone says what to
-    // undo.
     let spec = spec(rt, opts, c, &w, stdio_mount)?;
     let net_cfg = w.net.clone();
     // Recorded as running while the child sets itself up (its PID and
-    // namespaces are final from the clone on), not after CMD's exec: a
-    // short command is then not kept waiting on cns's bookkeeping. The
+    // namespaces are final from the clone on; until then the recovery
+    // marker alone says what to undo), not after CMD's exec: a short
+    // command is then not kept waiting on cns's bookkeeping. The
     // nf_tables rules are made meanwhile too (CMD starts after them; their
     // first install registers the host's NAT and conntrack hooks, most of a
     // millisecond). A failure to start rolls all of it back as before.

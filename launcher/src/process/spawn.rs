@@ -229,7 +229,7 @@ fn wait_parent(go: &OwnedFd) -> Result<(), StepError> {
 fn setup_namespace(spec: &Spec, go: &OwnedFd) -> Result<(), StepError> {
     // 1. A session of its own: CRIU needs the session leader inside the tree.
     nix::unistd::setsid().map_err(|e| StepError::new("setsid", e, errno_of(&e), "should not happen in a fresh pid ns"))?;
-    // 2. Mounts: private propagation, host nsfs mounts gone, the root of
+    // 2. Mounts: private propagation, host-only mounts gone, the root of
     //    its own (or the host's), fresh /proc, private /dev/shm, binds,
     //    tmpfs, read-only.
     let mount_err = |step: &str, e: cns_mounts::MountError| {
