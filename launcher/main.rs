@@ -10,16 +10,29 @@ use cns_runtime::Runtime;
 use crate::cli::{Cli, Command};
 
 fn init_logging(verbose: u8, quiet: bool) {
-    use tracing_subscriber::EnvFilter;
+    use tracing_subscriber::filter::{LevelFilter, Targets};
+    use tracing_subscriber::prelude::*;
     let level = match (quiet, verbose) {
-        (true, _) => "error",
-        (_, 0) => "warn",
-        (_, 1) => "info",
-        (_, 2) => "debug",
-        _ => "trace",
+        (true, _) => LevelFilter::ERROR,
+        (_, 0) => LevelFilter::WARN,
+        (_, 1) => LevelFilter::INFO,
+        (_, 2) => LevelFilter::DEBUG,
+        _ => LevelFilter::TRACE,
     };
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(format!("{level},netlink=warn")));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).without_time().try_init();
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_target(false).without_time();
+    // RUST_LOG takes the full directive syntax (EnvFilter). Without it, a
+    // fixed level and target list: EnvFilter compiles its directive
+    // matchers at start-up, most of a millisecond of every command.
+    let _ = match std::env::var_os("RUST_LOG") {
+        Some(_) => match tracing_subscriber::EnvFilter::try_from_default_env() {
+            Ok(filter) => tracing_subscriber::registry().with(fmt.with_filter(filter)).try_init(),
+            Err(_) => tracing_subscriber::registry().with(fmt.with_filter(Targets::new().with_default(level))).try_init(),
+        },
+        None => {
+            let filter = Targets::new().with_default(level).with_target("netlink", LevelFilter::WARN.min(level));
+            tracing_subscriber::registry().with(fmt.with_filter(filter)).try_init()
+        }
+    };
 }
 
 fn dispatch(cli: Cli) -> anyhow::Result<i32> {
