@@ -186,10 +186,8 @@ pub fn prepare(layout: &Layout) -> Result<Prepared, MountError> {
         }
         None => {
             crate::mount_proc()?;
-            // The host's /dev/shm (one mount or several stacked) goes first:
-            // under the private one it would be hidden from the workload but
-            // not from CRIU, which would archive its files (the host's) into
-            // every checkpoint and spawn a tar for each of them.
+            // The host's /dev/shm goes first (crate::drop_host_mounts; a
+            // second look here finds nothing when that ran).
             crate::unmount_all(Path::new("/dev/shm"))?;
             crate::mount_private_tmpfs(Path::new("/dev/shm"), "64m")?;
             PathBuf::from("/")

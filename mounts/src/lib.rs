@@ -359,13 +359,31 @@ pub fn bind_readonly(path: &Path) -> Result<bool, MountError> {
     Ok(true)
 }
 
+/// Steps 1, 2 and the unmount of step 4: everything that unmounts. Each
+/// unmount ends in an RCU grace period, which waits for every CPU; a CPU
+/// busy in the kernel elsewhere (the caller creating the workload's veth
+/// meanwhile) stretched one unmount from tens of microseconds to more than
+/// a millisecond, so the caller runs these before it starts that work.
+/// `own_root`: the workload gets a root of its own, whose /dev is its own.
+pub fn drop_host_mounts(own_root: bool) -> Result<(), MountError> {
+    make_rprivate()?;
+    let n = unmount_host_only()?;
+    tracing::debug!(unmounted = n, "host-only mounts removed");
+    if !own_root {
+        // The host's /dev/shm (one mount or several stacked): under the
+        // workload's private one it would be hidden from the workload but
+        // not from CRIU, which would archive its files (the host's) into
+        // every checkpoint and spawn a tar for each of them.
+        unmount_all(Path::new("/dev/shm"))?;
+    }
+    Ok(())
+}
+
 /// The whole mount-namespace preparation, in order. Must run inside a fresh
 /// mount namespace (and pid namespace, for /proc). Returns the directory
 /// that becomes the root (see [`confine::pivot`]).
 pub fn prepare_namespace(layout: &confine::Layout) -> Result<confine::Prepared, MountError> {
-    make_rprivate()?;
-    let n = unmount_host_only()?;
-    tracing::debug!(unmounted = n, "host-only mounts removed");
+    drop_host_mounts(layout.rootfs.is_some())?;
     confine::prepare(layout)
 }
 

@@ -178,16 +178,31 @@ impl LeaseStore {
         Err(LeaseError::Taken { addr: addrs.inner, owner: holder })
     }
 
-    /// Takes the first free /30 of `pool` for `owner`.
+    /// Takes the first free /30 of `pool` for `owner`. The lease directory
+    /// is read once and held subnets are skipped without a claim each (a
+    /// claim is a file written and linked: with many workloads, most of a
+    /// launch); the claim of a free-looking subnet is still the exclusive
+    /// link, so a racing command that took it meanwhile only moves this
+    /// one on to the next.
     pub fn allocate(&self, pool: &Pool, owner: &str) -> Result<Lease, LeaseError> {
+        let held = self.held_keys();
         // Slot 0 is skipped: its network address equals the pool's.
         for i in 1..pool.slots() {
             let addrs = pool.slot(i);
+            if held.contains(&Self::key(&addrs)) {
+                continue;
+            }
             if self.try_take(owner, &addrs)? {
                 return Ok(Lease { owner: owner.to_string(), addrs });
             }
         }
         Err(LeaseError::Exhausted(pool.to_string()))
+    }
+
+    /// Names of the lease files (temp files of claims in progress skipped).
+    fn held_keys(&self) -> std::collections::HashSet<String> {
+        let Ok(rd) = fs::read_dir(&self.dir) else { return Default::default() };
+        rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| !n.starts_with('.')).collect()
     }
 
     /// Releases the lease of `addrs` if `owner` holds it.
@@ -260,6 +275,22 @@ mod tests {
         assert_eq!(store.allocate(&pool, "d").expect("d").addrs, b.addrs);
         assert_eq!(store.list().len(), 3);
         let _ = c;
+    }
+
+    #[test]
+    fn allocation_skips_held_subnets_without_claiming_them() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let store = LeaseStore::new(dir.path());
+        let pool: Pool = "10.78.0.0/24".parse().expect("pool");
+        let taken: Vec<_> = (0..20).map(|i| store.allocate(&pool, &format!("w{i}")).expect("alloc").addrs).collect();
+        // A gap in the middle is found again, and the held ones stay theirs.
+        store.release("w7", &taken[7]).expect("release");
+        assert_eq!(store.allocate(&pool, "x").expect("x").addrs, taken[7]);
+        assert_eq!(store.holder(&taken[8]).map(|l| l.owner), Some("w8".to_string()));
+        // No temp file of a claim is left behind.
+        let stray = fs::read_dir(dir.path()).expect("dir").flatten().filter(|e| e.file_name().to_string_lossy().starts_with('.')).count();
+        assert_eq!(stray, 0);
+        assert_eq!(store.list().len(), 20);
     }
 
     #[test]

@@ -179,7 +179,9 @@ pub fn settle_forwarding(rt: &Runtime, installed: Option<Vec<String>>) {
         return;
     }
     let installed = installed.unwrap_or_else(|| cns_netns::nat::installed().unwrap_or_default());
-    let in_use = rt.store.list().iter().any(|w| w.net.outbound && installed.contains(&w.name));
+    // The records of the workloads with rules, not every record: this runs
+    // in every command's recovery sweep, and the first outbound one ends it.
+    let in_use = installed.iter().any(|n| rt.store.get(n).is_ok_and(|w| w.net.outbound));
     let saved = forwarding(rt);
     if let Err(e) = (cns_netns::nat::ForwardingGuard { saved: &saved }).settle(in_use) {
         tracing::warn!(error = %e, "cannot put IPv4 forwarding back");

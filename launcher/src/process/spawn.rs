@@ -168,6 +168,11 @@ pub fn start(spec: &Spec, before_go: &mut dyn FnMut(i32) -> crate::error::Result
             drop(go_r);
             drop(rep_w);
             let pid = child.as_raw();
+            // The child's unmounts come first (see tell_parent); a child
+            // that failed before them has its report on the way.
+            if !child_unmounted(&go_w) {
+                return child_failure(child, rep_r);
+            }
             if let Err(e) = before_go(pid) {
                 let _ = nix::sys::signal::kill(child, Signal::SIGKILL);
                 let _ = waitpid(child, None);
@@ -193,6 +198,29 @@ pub fn start(spec: &Spec, before_go: &mut dyn FnMut(i32) -> crate::error::Result
                 }
             }
         }
+    }
+}
+
+/// Waits for the child's byte saying the host's mounts are gone.
+fn child_unmounted(go: &OwnedFd) -> bool {
+    let mut b = [0u8; 1];
+    loop {
+        match nix::unistd::read(go, &mut b) {
+            Err(nix::errno::Errno::EINTR) => continue,
+            Ok(1) => return b[0] == b'u',
+            _ => return false,
+        }
+    }
+}
+
+/// The child went before its unmounts were done: its report says why.
+fn child_failure(child: nix::unistd::Pid, rep: OwnedFd) -> Result<i32, SpawnError> {
+    let report = Report::receive(rep);
+    let _ = nix::sys::signal::kill(child, Signal::SIGKILL);
+    let _ = waitpid(child, None);
+    match report {
+        Some(Report::Failed { message, hint, status }) => Err(SpawnError::Child(StepError { step: String::new(), message, errno: None, hint, status })),
+        _ => Err(SpawnError::Child(StepError::new("setting up the namespaces", "the child exited without a report", None, "run with -v"))),
     }
 }
 
@@ -225,6 +253,14 @@ fn wait_parent(go: &OwnedFd) -> Result<(), StepError> {
     Ok(())
 }
 
+/// Tells the parent that the host's mounts are gone from this namespace.
+fn tell_parent(go: &OwnedFd) -> Result<(), StepError> {
+    match nix::sys::socket::send(go.as_raw_fd(), b"u", nix::sys::socket::MsgFlags::MSG_NOSIGNAL) {
+        Ok(1) => Ok(()),
+        _ => Err(StepError::new("telling the parent", "the parent went away", None, "run with -v")),
+    }
+}
+
 /// The whole setup of the workload, in order, inside the new namespaces.
 fn setup_namespace(spec: &Spec, go: &OwnedFd) -> Result<(), StepError> {
     // 1. A session of its own: CRIU needs the session leader inside the tree.
@@ -237,7 +273,12 @@ fn setup_namespace(spec: &Spec, go: &OwnedFd) -> Result<(), StepError> {
         let hint = e.hint();
         StepError::new(step, e, errno, hint)
     };
-    let prepared = cns_mounts::prepare_namespace(&spec.layout).map_err(|e| mount_err("mount namespace setup", e))?;
+    cns_mounts::drop_host_mounts(spec.own_root).map_err(|e| mount_err("mount namespace setup", e))?;
+    // The parent creates the veth only after this byte: the unmounts above
+    // each wait for an RCU grace period, which a CPU busy creating a veth
+    // stretched past a millisecond (cns_mounts::drop_host_mounts).
+    tell_parent(go)?;
+    let prepared = cns_mounts::confine::prepare(&spec.layout).map_err(|e| mount_err("mount namespace setup", e))?;
     let root = prepared.root.clone();
     // 3. Hostname.
     nix::unistd::sethostname(&spec.hostname)
