@@ -203,14 +203,7 @@ pub fn start(spec: &Spec, before_go: &mut dyn FnMut(i32) -> crate::error::Result
 
 /// Waits for the child's byte saying the host's mounts are gone.
 fn child_unmounted(go: &OwnedFd) -> bool {
-    let mut b = [0u8; 1];
-    loop {
-        match nix::unistd::read(go, &mut b) {
-            Err(nix::errno::Errno::EINTR) => continue,
-            Ok(1) => return b[0] == b'u',
-            _ => return false,
-        }
-    }
+    read_byte(go) == Some(b'u')
 }
 
 /// The child went before its unmounts were done: its report says why.
@@ -240,17 +233,25 @@ fn errno_of(e: &nix::Error) -> Option<i32> {
 
 /// Waits for the parent's next go-ahead byte on `go`.
 fn wait_parent(go: &OwnedFd) -> Result<(), StepError> {
-    let mut b = [0u8; 1];
-    let n = loop {
-        match nix::unistd::read(go, &mut b) {
-            Err(nix::errno::Errno::EINTR) => continue,
-            r => break r.unwrap_or(0),
-        }
-    };
-    if n != 1 {
-        return Err(StepError::new("waiting for the parent", "the parent went away", None, "run with -v"));
+    match read_byte(go) {
+        Some(_) => Ok(()),
+        None => Err(StepError::new("waiting for the parent", "the parent went away", None, "run with -v")),
     }
-    Ok(())
+}
+
+/// The next byte from the other side of the start-up socket, or None once
+/// it is gone. (Polling instead of sleeping was tried: a spinning side kept
+/// its CPU out of the RCU grace periods the other side's veth creation
+/// waits for, and the launch got slower.)
+fn read_byte(go: &OwnedFd) -> Option<u8> {
+    let mut b = [0u8; 1];
+    loop {
+        match nix::unistd::read(go, &mut b) {
+            Ok(1) => return Some(b[0]),
+            Err(nix::errno::Errno::EINTR) => {}
+            _ => return None,
+        }
+    }
 }
 
 /// Tells the parent that the host's mounts are gone from this namespace.
