@@ -132,8 +132,105 @@ fn c_mounts(mounts: &[PrivateMount]) -> Result<Vec<CMount>, RpcError> {
 /// A `criu swrk` connection for one operation.
 #[derive(Debug)]
 pub struct Swrk {
-    child: Child,
+    child: CriuProcess,
     sock: OwnedFd,
+}
+
+/// The swrk process: spawned like posix_spawn(3) (the common case), or
+/// forked when it needs steps of its own before the exec.
+#[derive(Debug)]
+enum CriuProcess {
+    Spawned(nix::unistd::Pid),
+    Forked(Child),
+}
+
+impl CriuProcess {
+    fn id(&self) -> u32 {
+        match self {
+            CriuProcess::Spawned(p) => p.as_raw() as u32,
+            CriuProcess::Forked(c) => c.id(),
+        }
+    }
+
+    /// Reaps it; its exit status, as text, for an error message.
+    fn wait(&mut self) -> Option<String> {
+        match self {
+            CriuProcess::Forked(c) => c.wait().ok().map(|s| s.to_string()),
+            CriuProcess::Spawned(p) => loop {
+                match nix::sys::wait::waitpid(*p, None) {
+                    Err(nix::errno::Errno::EINTR) => continue,
+                    Ok(nix::sys::wait::WaitStatus::Exited(_, code)) => break Some(format!("exit status: {code}")),
+                    Ok(nix::sys::wait::WaitStatus::Signaled(_, sig, _)) => break Some(format!("signal: {} ({})", sig as i32, sig.as_str())),
+                    Ok(other) => break Some(format!("{other:?}")),
+                    Err(_) => break None,
+                }
+            },
+        }
+    }
+}
+
+/// Starts `criu swrk FD` with posix_spawn(3): glibc's vfork-style clone, so
+/// nothing of this process is copied (a fork copied its page tables, and
+/// each of its pages written afterwards faulted). Stdin and stdout are
+/// /dev/null, stderr is `stderr` (or /dev/null), each of `keep` stays open at
+/// its own number (a dup2 onto itself clears close-on-exec), the signal mask
+/// is empty and SIGPIPE default, as std::process::Command would leave them.
+fn posix_spawn_criu(criu: &Path, sock: RawFd, keep: &[RawFd], stderr: Option<&std::fs::File>) -> io::Result<nix::unistd::Pid> {
+    use std::ffi::CString;
+    let nul = |s: &[u8]| CString::new(s).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a NUL byte in a path"));
+    let prog = nul(criu.as_os_str().as_encoded_bytes())?;
+    let args = [nul(criu.as_os_str().as_encoded_bytes())?, nul(b"swrk")?, nul(sock.to_string().as_bytes())?];
+    let mut argv: Vec<*mut libc::c_char> = args.iter().map(|a| a.as_ptr() as *mut libc::c_char).collect();
+    argv.push(std::ptr::null_mut());
+    let env: Vec<CString> = std::env::vars_os()
+        .filter_map(|(k, v)| {
+            let mut kv = k.into_encoded_bytes();
+            kv.push(b'=');
+            kv.extend_from_slice(v.as_encoded_bytes());
+            CString::new(kv).ok()
+        })
+        .collect();
+    let mut envp: Vec<*mut libc::c_char> = env.iter().map(|e| e.as_ptr() as *mut libc::c_char).collect();
+    envp.push(std::ptr::null_mut());
+    let check = |r: libc::c_int| if r == 0 { Ok(()) } else { Err(io::Error::from_raw_os_error(r)) };
+    // SAFETY: the file actions and attributes are initialised before use and
+    // destroyed on every path below; every pointer handed to posix_spawn
+    // (program, argv, envp, the /dev/null path) outlives the call.
+    unsafe {
+        let mut fa: libc::posix_spawn_file_actions_t = std::mem::zeroed();
+        check(libc::posix_spawn_file_actions_init(&mut fa))?;
+        let mut attr: libc::posix_spawnattr_t = std::mem::zeroed();
+        if let Err(e) = check(libc::posix_spawnattr_init(&mut attr)) {
+            libc::posix_spawn_file_actions_destroy(&mut fa);
+            return Err(e);
+        }
+        let res = (|| {
+            let null = c"/dev/null".as_ptr();
+            check(libc::posix_spawn_file_actions_addopen(&mut fa, 0, null, libc::O_RDONLY, 0))?;
+            check(libc::posix_spawn_file_actions_addopen(&mut fa, 1, null, libc::O_WRONLY, 0))?;
+            match stderr {
+                Some(f) => check(libc::posix_spawn_file_actions_adddup2(&mut fa, f.as_raw_fd(), 2))?,
+                None => check(libc::posix_spawn_file_actions_addopen(&mut fa, 2, null, libc::O_WRONLY, 0))?,
+            }
+            for &fd in keep {
+                check(libc::posix_spawn_file_actions_adddup2(&mut fa, fd, fd))?;
+            }
+            let mut empty: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut empty);
+            check(libc::posix_spawnattr_setsigmask(&mut attr, &empty))?;
+            let mut dfl: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut dfl);
+            libc::sigaddset(&mut dfl, libc::SIGPIPE);
+            check(libc::posix_spawnattr_setsigdefault(&mut attr, &dfl))?;
+            check(libc::posix_spawnattr_setflags(&mut attr, (libc::POSIX_SPAWN_SETSIGMASK | libc::POSIX_SPAWN_SETSIGDEF) as libc::c_short))?;
+            let mut pid: libc::pid_t = 0;
+            check(libc::posix_spawn(&mut pid, prog.as_ptr(), &fa, &attr, argv.as_ptr(), envp.as_ptr()))?;
+            Ok(nix::unistd::Pid::from_raw(pid))
+        })();
+        libc::posix_spawnattr_destroy(&mut attr);
+        libc::posix_spawn_file_actions_destroy(&mut fa);
+        res
+    }
 }
 
 impl Swrk {
@@ -157,12 +254,6 @@ impl Swrk {
         let theirs_raw = theirs.as_raw_fd();
         let mut keep: Vec<RawFd> = inherit.to_vec();
         keep.push(theirs_raw);
-        let mut cmd = Command::new(criu);
-        cmd.arg("swrk").arg(theirs_raw.to_string()).stdin(Stdio::null()).stdout(Stdio::null());
-        match stderr {
-            Some(f) => cmd.stderr(f),
-            None => cmd.stderr(Stdio::null()),
-        };
         // CRIU outlives a caller that dies (it is not killed with it): a CRIU
         // killed while its parasite code runs inside the tree can leave the
         // tree wedged. With notifications on, a CRIU whose caller is gone
@@ -170,24 +261,33 @@ impl Swrk {
         // rolls back cleanly: a dump resumes the tree instead of killing it
         // (post-dump always comes before the kill), a restore kills what it
         // made. launcher/src/recovery.rs waits for it before cleaning up.
+        if cmounts.is_empty() {
+            let pid = posix_spawn_criu(criu, theirs_raw, &keep, stderr.as_ref()).map_err(|source| RpcError::Spawn { path: criu.to_path_buf(), source })?;
+            drop(theirs);
+            return Ok(Swrk { child: CriuProcess::Spawned(pid), sock: ours });
+        }
+        let mut cmd = Command::new(criu);
+        cmd.arg("swrk").arg(theirs_raw.to_string()).stdin(Stdio::null()).stdout(Stdio::null());
+        match stderr {
+            Some(f) => cmd.stderr(f),
+            None => cmd.stderr(Stdio::null()),
+        };
         keep_fds(&mut cmd, keep);
         // SAFETY: the closure only calls unshare(2) and mount(2), which are
         // async-signal-safe, on C strings allocated before the fork.
         unsafe {
             cmd.pre_exec(move || {
-                if !cmounts.is_empty() {
-                    // unshare(2) and mount(2) are plain system calls on
-                    // strings made before the fork.
-                    if libc::unshare(libc::CLONE_NEWNS) < 0 {
+                // unshare(2) and mount(2) are plain system calls on strings
+                // made before the fork.
+                if libc::unshare(libc::CLONE_NEWNS) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                if libc::mount(std::ptr::null(), c"/".as_ptr(), std::ptr::null(), libc::MS_REC | libc::MS_PRIVATE, std::ptr::null()) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                for m in &cmounts {
+                    if libc::mount(m.source.as_ptr(), m.target.as_ptr(), m.fstype.as_ptr(), 0, m.data.as_ptr().cast()) < 0 {
                         return Err(io::Error::last_os_error());
-                    }
-                    if libc::mount(std::ptr::null(), c"/".as_ptr(), std::ptr::null(), libc::MS_REC | libc::MS_PRIVATE, std::ptr::null()) < 0 {
-                        return Err(io::Error::last_os_error());
-                    }
-                    for m in &cmounts {
-                        if libc::mount(m.source.as_ptr(), m.target.as_ptr(), m.fstype.as_ptr(), 0, m.data.as_ptr().cast()) < 0 {
-                            return Err(io::Error::last_os_error());
-                        }
                     }
                 }
                 Ok(())
@@ -195,6 +295,7 @@ impl Swrk {
         }
         let child = cmd.spawn().map_err(|source| RpcError::Spawn { path: criu.to_path_buf(), source })?;
         drop(theirs);
+        let child = CriuProcess::Forked(child);
         Ok(Swrk { child, sock: ours })
     }
 
@@ -230,8 +331,8 @@ impl Swrk {
         };
         if n == 0 {
             let status = match self.child.wait() {
-                Ok(s) => format!(" with {s}"),
-                Err(_) => String::new(),
+                Some(s) => format!(" with {s}"),
+                None => String::new(),
             };
             return Err(RpcError::Closed { op, status });
         }

@@ -130,6 +130,7 @@ fn read(dir: &Path) -> Option<Marker> {
 /// nothing to do: one readdir of the state dir and one of the images root.
 pub fn sweep(rt: &Runtime) {
     let Ok(rd) = fs::read_dir(&rt.store.paths.state) else { return };
+    let mut cleaned = false;
     for e in rd.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
         if name.starts_with('.') {
@@ -160,6 +161,7 @@ pub fn sweep(rt: &Runtime) {
             Some(m) if m.busy() => continue,
             _ => {}
         }
+        cleaned = true;
         if let Some(m) = &marker {
             tracing::info!(workload = %name, owner = m.owner, "cleaning up after a cns command that died half-way");
             undo(rt, &name, m);
@@ -180,7 +182,7 @@ pub fn sweep(rt: &Runtime) {
         }
     }
     sweep_staging(rt);
-    sweep_rules(rt);
+    sweep_rules(rt, cleaned);
 }
 
 /// nf_tables rules of workloads that no longer exist (their command died
@@ -190,13 +192,18 @@ pub fn sweep(rt: &Runtime) {
 /// another cns state dir on the host keeps its own. A name with a state
 /// dir is alive or being made (a restore saves its record last); a dead
 /// command's dir was removed by the loop above.
-fn sweep_rules(rt: &Runtime) {
+/// Forwarding is looked at only when something was cleaned up (here or by
+/// the loop above): otherwise the last command that changed it settled it.
+fn sweep_rules(rt: &Runtime, cleaned: bool) {
     let Ok(names) = cns_netns::nat::installed() else { return };
     let ours = |n: &String| crate::workload::validate_name(n).is_ok() && rt.store.paths.lock_file(n).exists() && !rt.store.paths.workload_dir(n).exists();
     let (gone, kept): (Vec<String>, Vec<String>) = names.into_iter().partition(|n| ours(n));
     for n in &gone {
         tracing::info!(workload = %n, "removing the nf_tables rules of a workload that is gone");
         let _ = cns_netns::nat::remove(n);
+    }
+    if !cleaned && gone.is_empty() {
+        return;
     }
     crate::net::settle_forwarding(rt, Some(kept));
 }

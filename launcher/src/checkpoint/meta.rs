@@ -29,6 +29,8 @@ pub struct Meta {
     /// Written by earlier cns versions only: the dump's statistics are read
     /// from CRIU's own `stats-dump` image.
     pub stats: Option<DumpStats>,
+    /// Written by earlier cns versions only: the last restore's statistics
+    /// are read from CRIU's own `stats-restore` image.
     pub last_restore: Option<RestoreStats>,
 }
 
@@ -50,12 +52,6 @@ impl Meta {
     /// Writes `cns.json` into `dir`.
     pub fn write(&self, dir: &Path) -> Result<()> {
         crate::files::write_atomic(&dir.join(META_FILE), &serde_json::to_vec_pretty(self)?, 0o600)
-    }
-
-    /// As [`Meta::write`], without fsync: for what only informs (the last
-    /// restore's statistics), never for a checkpoint's own metadata.
-    pub fn write_transient(&self, dir: &Path) -> Result<()> {
-        crate::files::write_transient(&dir.join(META_FILE), &serde_json::to_vec_pretty(self)?, 0o600)
     }
 }
 

@@ -375,7 +375,6 @@ fn execute_locked(rt: &Runtime, plan: &RestorePlan, opts: &RestoreOptions, locke
         return Err(e);
     }
     recovery::end(&locked.dir);
-    remember_restore(plan, stats.as_ref());
     Ok(Restored { name: plan.new_name.clone(), pid, stats, log: plan.log.clone(), log_offset })
 }
 
@@ -503,15 +502,6 @@ fn start(rt: &Runtime, plan: &RestorePlan, net: &NetConfig, published: crate::ne
     monitor::start(detach, lock_fd, ErrorKind::Criu, &mut work, &mut on_exit)
 }
 
-/// The checkpoint remembers its last restore (for `cns inspect`).
-fn remember_restore(plan: &RestorePlan, stats: Option<&RestoreStats>) {
-    if let Some(s) = stats {
-        let mut m = plan.meta.clone();
-        m.last_restore = Some(s.clone());
-        let _ = m.write_transient(&plan.images);
-    }
-}
-
 /// The CRIU restore; the restored root becomes a child of the caller.
 fn run_criu(plan: &RestorePlan, net: &NetConfig, state_dir: &Path) -> Result<i32> {
     if plan.meta.workload.adopted {
@@ -524,6 +514,11 @@ fn run_criu(plan: &RestorePlan, net: &NetConfig, state_dir: &Path) -> Result<i32
     let log_path = work_path.join(&plan.options.log_file);
     let move_address = net.addrs != plan.meta.workload.net.addrs;
     let mut hook_err: Option<String> = None;
+    // The host end of the veth is configured while CRIU restores memory: it
+    // exists once the namespaces are set up, and until network-unlock the
+    // namespace's traffic is held by CRIU's network lock anyway. The
+    // post-restore notification, which CRIU waits on, only collects it.
+    let mut host_end: Option<std::thread::JoinHandle<Result<(), cns_netns::NetError>>> = None;
     let read_only = crate::confine::read_only_binds(&plan.meta.workload.confine);
     let swrk = Swrk::start_with_mounts(&plan.criu.path, &[], criu_stderr(&plan.images, &format!("criu-stderr-{}.log", plan.new_name)), &plan.private_mounts)?;
     recovery::set_criu(state_dir, swrk.pid() as i32);
@@ -545,6 +540,9 @@ fn run_criu(plan: &RestorePlan, net: &NetConfig, state_dir: &Path) -> Result<i32
             hook_err = Some(e.clone());
             return NotifyAction::Abort(e);
         }
+        if n.script == "post-setup-namespaces" {
+            host_end = configure_host_end_in_background(net);
+        }
         if n.script != "post-restore" {
             return NotifyAction::Continue;
         }
@@ -554,7 +552,8 @@ fn run_criu(plan: &RestorePlan, net: &NetConfig, state_dir: &Path) -> Result<i32
                 return NotifyAction::Abort(format!("read-only mounts: {e}"));
             }
         }
-        match configure_network(net, move_address, n.pid) {
+        let host_end = host_end.take().map_or(Ok(()), |h| h.join().unwrap_or_else(|_| Err(cns_netns::NetError::Request { op: "configuring the host end", source: std::io::Error::other("its thread panicked") })));
+        match host_end.and_then(|()| configure_network(net, move_address, n.pid)) {
             Ok(()) => NotifyAction::Continue,
             Err(e) => {
                 hook_err = Some(format!("configuring the network: {e}"));
@@ -568,12 +567,20 @@ fn run_criu(plan: &RestorePlan, net: &NetConfig, state_dir: &Path) -> Result<i32
     })
 }
 
-/// At post-restore: the host end gets its address; a workload that moved
-/// to a new address gets it inside too.
+/// From post-setup-namespaces on: the host end of the veth (made by CRIU)
+/// gets its address and route, in a thread of its own.
+fn configure_host_end_in_background(net: &NetConfig) -> Option<std::thread::JoinHandle<Result<(), cns_netns::NetError>>> {
+    let (Some(host_if), Some(addrs)) = (net.host_if.clone(), net.addrs) else { return None };
+    Some(std::thread::spawn(move || {
+        let nl = cns_netns::Netlink::new()?;
+        cns_netns::configure_host_end(&nl, &host_if, &addrs)
+    }))
+}
+
+/// At post-restore: a workload that moved to a new address gets it inside
+/// (its host end was configured meanwhile: configure_host_end_in_background).
 fn configure_network(net: &NetConfig, move_address: bool, pid: Option<i32>) -> Result<(), cns_netns::NetError> {
-    let (Some(host_if), Some(addrs)) = (&net.host_if, &net.addrs) else { return Ok(()) };
-    let nl = cns_netns::Netlink::new()?;
-    cns_netns::configure_host_end(&nl, host_if, addrs)?;
+    let (Some(_), Some(addrs)) = (&net.host_if, &net.addrs) else { return Ok(()) };
     if let (true, Some(pid)) = (move_address, pid) {
         let inner = cns_netns::Netlink::for_pid(pid)?;
         cns_netns::configure_inside(&inner, Some(addrs))?;

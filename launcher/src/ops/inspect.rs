@@ -67,7 +67,9 @@ pub fn inspect(rt: &Runtime, target: &str) -> Result<serde_json::Value> {
             "flags": {"tcp_established": meta.flags.tcp_established, "file_locks": meta.flags.file_locks, "ext_unix_sk": meta.flags.ext_unix_sk, "shell_job": meta.flags.shell_job},
             // Earlier checkpoints carry them in cns.json too; CRIU's stats-dump has them all.
             "dump_stats": meta.stats.clone().or_else(|| img.dump_stats().ok()),
-            "last_restore": meta.last_restore,
+            // CRIU's stats-restore of the latest restore (earlier cns
+            // versions also copied it into cns.json).
+            "last_restore": img.restore_stats().ok().or(meta.last_restore),
         }));
     } else if target.contains('/') {
         bail_hint!(kind: ErrorKind::NotFound, "point it at a directory written by `cns dump`", "{target} is not a cns checkpoint");
