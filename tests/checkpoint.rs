@@ -22,6 +22,10 @@ fn dumped_counter_continues_from_k_in_a_new_pid_namespace() {
     assert_eq!(state_of(&n), "dumped");
     assert!(!alive(old_pid), "the dumped workload still runs");
     let k = last_count(&n).expect("k");
+    // No established TCP connection in the checkpoint: CRIU's network lock
+    // would guard nothing, and cns restores without it.
+    let line = ok(&["restore", "--print-criu-cmdline", &n]);
+    assert!(line.contains("--network-lock skip "), "{line}");
     let pidfile = std::env::temp_dir().join(format!("{n}.pid"));
     let _ = std::fs::remove_file(&pidfile);
     ok(&["restore", "-d", &n, "--pidfile", pidfile.to_str().expect("utf8")]);

@@ -65,6 +65,10 @@ fn host_tcp_connection_survives_in_place_restore() {
     let (mut s, mut r) = connect(&ip);
     assert_eq!(echo_once(&mut s, &mut r, "before"), "before");
     ok(&["dump", "--tcp-established", &n]);
+    // A checkpoint with an established connection is restored under CRIU's
+    // network lock, whatever the restore's own flags say.
+    let line = ok(&["restore", "--print-criu-cmdline", &n]);
+    assert!(line.contains("--network-lock nftables ") && line.contains("--tcp-established"), "{line}");
     ok(&["restore", "-d", &n, "--tcp-established"]);
     assert_eq!(ip_of(&n), ip, "in-place restore changed the address");
     assert_eq!(echo_once(&mut s, &mut r, "after"), "after", "the host's connection did not survive");

@@ -118,6 +118,11 @@ pub struct CriuOptions {
     /// Dump: the previous round's images, relative to `images` (pages
     /// unchanged since then are not sent again).
     pub parent_img: Option<String>,
+    /// Lock the tree's network while CRIU works (`--network-lock nftables`;
+    /// off: `--network-lock skip`). The lock holds TCP connections still
+    /// while their state is read or written; its removal waits for an RCU
+    /// grace period (10-20 ms of a restore here).
+    pub lock_network: bool,
     /// Dump: track the pages written from now on (soft-dirty), for a next round.
     pub track_mem: bool,
 }
@@ -143,6 +148,7 @@ impl CriuOptions {
             page_server_fd: None,
             parent_img: None,
             track_mem: false,
+            lock_network: true,
         }
     }
 
@@ -166,6 +172,7 @@ impl CriuOptions {
             page_server_fd: None,
             parent_img: None,
             track_mem: false,
+            lock_network: true,
         }
     }
 
@@ -198,7 +205,7 @@ impl CriuOptions {
             rst_sibling: restore.then_some(self.sibling),
             inherit_fd: inherit.iter().map(|(key, fd)| InheritFd { key: key.clone(), fd: fd.as_raw_fd() }).collect(),
             external: self.external.clone(),
-            network_lock: Some(CriuNetworkLockMethod::Nftables as i32),
+            network_lock: Some(if self.lock_network { CriuNetworkLockMethod::Nftables } else { CriuNetworkLockMethod::Skip } as i32),
             manage_cgroups_mode: Some(CriuCgMode::Ignore as i32),
             ..Default::default()
         }
@@ -220,7 +227,7 @@ impl CriuOptions {
         if self.op == Operation::Restore && self.sibling {
             v.push("--restore-detached".into());
         }
-        v.extend(["--network-lock", "nftables", "--manage-cgroups=ignore"].map(String::from));
+        v.extend(["--network-lock", if self.lock_network { "nftables" } else { "skip" }, "--manage-cgroups=ignore"].map(String::from));
         if let Some(pf) = pidfile {
             v.extend(["--pidfile".into(), pf.display().to_string()]);
         }
@@ -286,5 +293,11 @@ mod tests {
         assert_eq!(rpc.leave_running, None);
         let line = r.command_line(Path::new("criu"), Some(Path::new("/p"))).join(" ");
         assert_eq!(line, "criu restore -D /img -o restore.log -v4 --root / --restore-detached --network-lock nftables --manage-cgroups=ignore --pidfile /p");
+        // Unlocked: the same switch in both forms.
+        let mut u = CriuOptions::restore("/img", "restore.log");
+        u.lock_network = false;
+        assert_eq!(u.to_rpc(None, None, &[]).network_lock, Some(CriuNetworkLockMethod::Skip as i32));
+        assert!(u.command_line(Path::new("criu"), None).join(" ").contains("--network-lock skip "));
+        assert_eq!(rpc.network_lock, Some(CriuNetworkLockMethod::Nftables as i32));
     }
 }
