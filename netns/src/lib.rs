@@ -31,10 +31,18 @@ pub struct LinkAddrs {
 
 /// Sets up the host end of a workload's veth: address, up.
 pub fn configure_host_end(nl: &Netlink, host_if: &str, addrs: &LinkAddrs) -> Result<(), NetError> {
-    let idx = nl.link_index(host_if)?.ok_or_else(|| NetError::NoSuchLink(host_if.to_string()))?;
-    nl.replace_address(idx, addrs.host, addrs.prefix)?;
+    let idx = address_host_end(nl, host_if, addrs)?;
     nl.set_up(idx)?;
     Ok(())
+}
+
+/// [`configure_host_end`] but for the last step: the address is on, the
+/// link still down (no route leads into the workload yet). Returns the
+/// link's index, for [`Netlink::set_up`] later.
+pub fn address_host_end(nl: &Netlink, host_if: &str, addrs: &LinkAddrs) -> Result<u32, NetError> {
+    let idx = nl.link_index(host_if)?.ok_or_else(|| NetError::NoSuchLink(host_if.to_string()))?;
+    nl.replace_address(idx, addrs.host, addrs.prefix)?;
+    Ok(idx)
 }
 
 /// Inside the workload's namespace: `lo` up, and when given, eth0 with its

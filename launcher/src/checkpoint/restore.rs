@@ -521,14 +521,16 @@ fn run_criu(plan: &RestorePlan, net: &NetConfig, state_dir: &Path) -> Result<i32
     let log_path = work_path.join(&plan.options.log_file);
     let move_address = net.addrs != plan.meta.workload.net.addrs;
     let mut hook_err: Option<String> = None;
-    // Under CRIU's network lock, the host end of the veth is configured
-    // while CRIU restores memory: it exists once the namespaces are set up,
-    // and until network-unlock the lock holds the namespace's traffic; the
-    // post-restore notification, which CRIU waits on, only collects it.
-    // Without the lock it is configured at post-restore, when every socket
-    // is back: nothing reaches the namespace before (a connection attempt
-    // meanwhile finds no route, never a half-restored listener).
-    let mut host_end: Option<std::thread::JoinHandle<Result<(), cns_netns::NetError>>> = None;
+    // The host end of the veth (made by CRIU) is configured while CRIU
+    // restores memory, from post-setup-namespaces on, in a thread; the
+    // post-restore notification, which CRIU waits on (and whose failure
+    // kills what it restored), collects it. Under CRIU's network lock the
+    // link comes up in the thread: the lock holds the namespace's traffic
+    // until network-unlock. Without the lock the thread only addresses it
+    // and post-restore brings it up, when every socket is back: nothing
+    // reaches the namespace before (a connection attempt meanwhile finds no
+    // route, never a half-restored listener).
+    let mut host_end: Option<std::thread::JoinHandle<Result<Option<u32>, cns_netns::NetError>>> = None;
     let read_only = crate::confine::read_only_binds(&plan.meta.workload.confine);
     let swrk = Swrk::start_with_mounts(&plan.criu.path, &[], criu_stderr(&plan.images, &format!("criu-stderr-{}.log", plan.new_name)), &plan.private_mounts)?;
     recovery::set_criu(state_dir, swrk.pid() as i32);
@@ -550,8 +552,8 @@ fn run_criu(plan: &RestorePlan, net: &NetConfig, state_dir: &Path) -> Result<i32
             hook_err = Some(e.clone());
             return NotifyAction::Abort(e);
         }
-        if n.script == "post-setup-namespaces" && plan.options.lock_network {
-            host_end = configure_host_end_in_background(net);
+        if n.script == "post-setup-namespaces" {
+            host_end = configure_host_end_in_background(net, plan.options.lock_network);
         }
         if n.script != "post-restore" {
             return NotifyAction::Continue;
@@ -564,10 +566,14 @@ fn run_criu(plan: &RestorePlan, net: &NetConfig, state_dir: &Path) -> Result<i32
         }
         let host_end = match host_end.take() {
             Some(h) => h.join().unwrap_or_else(|_| Err(cns_netns::NetError::Request { op: "configuring the host end", source: std::io::Error::other("its thread panicked") })),
-            None if !plan.options.lock_network => configure_host_end(net),
-            None => Ok(()),
+            // No post-setup-namespaces from this CRIU: all of it here.
+            None => configure_host_end(net, true),
         };
-        match host_end.and_then(|()| configure_network(net, move_address, n.pid)) {
+        let up = host_end.and_then(|down| match down {
+            Some(idx) => cns_netns::Netlink::new().and_then(|nl| nl.set_up(idx)),
+            None => Ok(()),
+        });
+        match up.and_then(|()| configure_network(net, move_address, n.pid)) {
             Ok(()) => NotifyAction::Continue,
             Err(e) => {
                 hook_err = Some(format!("configuring the network: {e}"));
@@ -582,18 +588,23 @@ fn run_criu(plan: &RestorePlan, net: &NetConfig, state_dir: &Path) -> Result<i32
 }
 
 /// From post-setup-namespaces on: the host end of the veth (made by CRIU)
-/// gets its address and route, in a thread of its own.
-fn configure_host_end_in_background(net: &NetConfig) -> Option<std::thread::JoinHandle<Result<(), cns_netns::NetError>>> {
+/// gets its address, and with `up` is brought up, in a thread of its own.
+fn configure_host_end_in_background(net: &NetConfig, up: bool) -> Option<std::thread::JoinHandle<Result<Option<u32>, cns_netns::NetError>>> {
     net.host_if.as_ref()?;
     let net = net.clone();
-    Some(std::thread::spawn(move || configure_host_end(&net)))
+    Some(std::thread::spawn(move || configure_host_end(&net, up)))
 }
 
-/// The host end of the veth (made by CRIU) gets its address and route.
-fn configure_host_end(net: &NetConfig) -> Result<(), cns_netns::NetError> {
-    let (Some(host_if), Some(addrs)) = (&net.host_if, &net.addrs) else { return Ok(()) };
+/// The host end of the veth gets its address, and with `up` is brought up;
+/// otherwise its index is returned for the caller to bring it up.
+fn configure_host_end(net: &NetConfig, up: bool) -> Result<Option<u32>, cns_netns::NetError> {
+    let (Some(host_if), Some(addrs)) = (&net.host_if, &net.addrs) else { return Ok(None) };
     let nl = cns_netns::Netlink::new()?;
-    cns_netns::configure_host_end(&nl, host_if, addrs)
+    if up {
+        cns_netns::configure_host_end(&nl, host_if, addrs)?;
+        return Ok(None);
+    }
+    cns_netns::address_host_end(&nl, host_if, addrs).map(Some)
 }
 
 /// At post-restore: a workload that moved to a new address gets it inside
