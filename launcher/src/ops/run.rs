@@ -211,9 +211,10 @@ fn start_locked(rt: &Runtime, opts: &RunOptions, c: &Checked, locked: &Locked, r
         w.mark_running(pid, std::process::id() as i32);
         locked.save(&w)?;
         recovery::set_root(&locked.dir, pid);
-        net::install_rules(rt, name, &w.net)
+        Ok(())
     };
-    let (pid, monitor) = launch(rt, &spec, &net_cfg, &c.confine.limits, locked, opts.detach, &mut record)?;
+    let mut rules = |_: i32| net::install_rules(rt, name, &net_cfg);
+    let (pid, monitor) = launch(rt, &spec, &net_cfg, &c.confine.limits, locked, opts.detach, &mut record, &mut rules)?;
     if w.pid != Some(pid) {
         // Detached: the monitor recorded it; this process learns it here.
         w.mark_running(pid, monitor);
@@ -292,9 +293,19 @@ fn masked_dirs(rt: &Runtime) -> Result<Vec<PathBuf>> {
 
 /// Starts the tree, in a detached monitor or as the caller's child, and
 /// serves its published ports. Returns the root and its monitor.
-/// `record` runs once the child exists (in the monitor when detached).
+/// `record` runs once the child exists, `rules` while it sets up its
+/// network (in the monitor when detached).
 #[allow(clippy::too_many_arguments)]
-fn launch(rt: &Runtime, spec: &Spec, net: &NetConfig, limits: &crate::confine::cgroup::Limits, locked: &Locked, detach: bool, record: &mut dyn FnMut(i32) -> Result<()>) -> Result<(i32, i32)> {
+fn launch(
+    rt: &Runtime,
+    spec: &Spec,
+    net: &NetConfig,
+    limits: &crate::confine::cgroup::Limits,
+    locked: &Locked,
+    detach: bool,
+    record: &mut dyn FnMut(i32) -> Result<()>,
+    rules: &mut dyn FnMut(i32) -> Result<()>,
+) -> Result<(i32, i32)> {
     let mut published = Some(crate::net::publish::bind(net)?);
     // The cgroup before the child goes on: everything it forks is in it.
     let mut before_go = |pid: i32| {
@@ -305,7 +316,7 @@ fn launch(rt: &Runtime, spec: &Spec, net: &NetConfig, limits: &crate::confine::c
         net::attach(net, pid)
     };
     let mut work = || -> Result<i32> {
-        let pid = spawn::start(spec, &mut before_go, record)?;
+        let pid = spawn::start(spec, record, &mut before_go, rules)?;
         if let Some(p) = published.take() {
             p.serve(net);
         }

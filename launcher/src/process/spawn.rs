@@ -138,15 +138,20 @@ fn pipe() -> Result<(OwnedFd, OwnedFd), SpawnError> {
     nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(SpawnError::Pipe)
 }
 
-/// Creates the namespaces and starts init and CMD. `before_go` runs in the
-/// parent once the child exists (its host PID given) and before the child
-/// sets itself up: it creates the host end of the veth and writes pidfiles.
+/// Creates the namespaces and starts init and CMD. In the parent, with the
+/// child's host PID: `after_clone` runs while the child drops the host's
+/// mounts (file writes only: records that need only its PID; no netlink,
+/// see tell_parent); `before_go` once they are gone, before the child's
+/// network: it creates the host end of the veth; `after_go` while the child
+/// sets up its network inside: the workload's nf_tables rules. CMD starts
+/// only once all have returned; an error of any kills the child.
 /// Returns the host PID of init once CMD has been exec'd.
-/// `after_go` runs in the parent while the child finishes its setup (its
-/// network inside, stdio, masks): records that need only its PID, and the
-/// workload's nf_tables rules. CMD starts only once it has returned; its
-/// error kills the child.
-pub fn start(spec: &Spec, before_go: &mut dyn FnMut(i32) -> crate::error::Result<()>, after_go: &mut dyn FnMut(i32) -> crate::error::Result<()>) -> Result<i32, SpawnError> {
+pub fn start(
+    spec: &Spec,
+    after_clone: &mut dyn FnMut(i32) -> crate::error::Result<()>,
+    before_go: &mut dyn FnMut(i32) -> crate::error::Result<()>,
+    after_go: &mut dyn FnMut(i32) -> crate::error::Result<()>,
+) -> Result<i32, SpawnError> {
     // A socket, not a pipe: the child may fail and go before it reads, and
     // the parent's send must then fail (MSG_NOSIGNAL), not raise SIGPIPE.
     let (go_r, go_w) = nix::sys::socket::socketpair(
@@ -168,6 +173,11 @@ pub fn start(spec: &Spec, before_go: &mut dyn FnMut(i32) -> crate::error::Result
             drop(go_r);
             drop(rep_w);
             let pid = child.as_raw();
+            if let Err(e) = after_clone(pid) {
+                let _ = nix::sys::signal::kill(child, Signal::SIGKILL);
+                let _ = waitpid(child, None);
+                return Err(SpawnError::Parent(e));
+            }
             // The child's unmounts come first (see tell_parent); a child
             // that failed before them has its report on the way.
             if !child_unmounted(&go_w) {
