@@ -474,9 +474,28 @@ fn a_second_dump_racing_the_first_waits_its_turn_or_says_why() {
     let _c = Cleanup(vec![n.clone()]);
     let _rep = report("concurrent_dumps");
     start_memory_counter(&n, 256);
-    let mut first = Command::new(cns_bin()).args(["dump", "--leave-running", &n]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("first");
+    // The first dump is held at CRIU's pre-dump stage (an action script
+    // that marks it and waits), so the second always finds it under way:
+    // timed by polling alone, a fast first dump was once done before the
+    // second began, under a loaded suite.
+    let dir = tempfile::tempdir().expect("scratch");
+    let mark = dir.path().join("in-pre-dump");
+    let hold = dir.path().join("hold.sh");
+    std::fs::write(&hold, format!("#!/bin/sh
+[ \"$CRTOOLS_SCRIPT_ACTION\" = pre-dump ] || exit 0
+touch {}
+sleep 2
+", mark.display())).expect("script");
+    std::fs::set_permissions(&hold, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+    let mut first = Command::new(cns_bin())
+        .args(["dump", "--leave-running", "--action-script", hold.to_str().expect("utf8"), &n])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("first");
     let first_pid = first.id() as i32;
-    wait_for("the first dump to start CRIU", 20, || descendant_named(first_pid, "criu").is_some());
+    wait_for("the first dump to reach pre-dump", 20, || mark.exists());
+    assert!(descendant_named(first_pid, "criu").is_some(), "the first dump runs no CRIU");
     let e = fails(&["dump", &n]);
     assert!(e.contains("busy"), "{e}");
     assert!(first.wait().expect("first").success(), "the first dump failed");
