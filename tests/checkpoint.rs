@@ -118,9 +118,13 @@ fn a_failed_dump_leaves_the_workload_running() {
     assert!(e.contains("cannot"), "{e}");
     assert!(alive(pid));
     assert_eq!(state_of(&n), "running");
-    let st = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
-    let state = st.rsplit(')').next().expect("s").split_whitespace().next().expect("state").to_string();
-    assert!(state == "S" || state == "R", "workload left in state {state}");
+    // Not frozen or stopped: it gets back to sleeping or running (a moment
+    // in D, paging in under a loaded suite, once failed a one-look check).
+    let state = || {
+        let st = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        st.rsplit(')').next().and_then(|r| r.split_whitespace().next()).unwrap_or("").to_string()
+    };
+    wait_for("the workload to sleep or run", 10, || matches!(state().as_str(), "S" | "R"));
     // And a later dump works.
     ok(&["dump", "--leave-running", &n]);
 }
