@@ -173,42 +173,45 @@ pub fn start(
             drop(go_r);
             drop(rep_w);
             let pid = child.as_raw();
+            // A step of the parent's failed: the child goes.
+            let abort = |e: crate::error::Error| -> Result<i32, SpawnError> {
+                kill_and_reap(child);
+                Err(SpawnError::Parent(e))
+            };
             if let Err(e) = after_clone(pid) {
-                let _ = nix::sys::signal::kill(child, Signal::SIGKILL);
-                let _ = waitpid(child, None);
-                return Err(SpawnError::Parent(e));
+                return abort(e);
             }
             // The child's unmounts come first (see tell_parent); a child
             // that failed before them has its report on the way.
             if !child_unmounted(&go_w) {
-                return child_failure(child, rep_r);
+                let report = Report::receive(rep_r);
+                kill_and_reap(child);
+                return Err(child_failed(report));
             }
             if let Err(e) = before_go(pid) {
-                let _ = nix::sys::signal::kill(child, Signal::SIGKILL);
-                let _ = waitpid(child, None);
-                return Err(SpawnError::Parent(e));
+                return abort(e);
             }
             let _ = nix::sys::socket::send(go_w.as_raw_fd(), b"g", nix::sys::socket::MsgFlags::MSG_NOSIGNAL);
             if let Err(e) = after_go(pid) {
-                let _ = nix::sys::signal::kill(child, Signal::SIGKILL);
-                let _ = waitpid(child, None);
-                return Err(SpawnError::Parent(e));
+                return abort(e);
             }
             // CMD may start: everything it could depend on is in place.
             let _ = nix::sys::socket::send(go_w.as_raw_fd(), b"c", nix::sys::socket::MsgFlags::MSG_NOSIGNAL);
             drop(go_w);
             // Nothing comes back when CMD was exec'd (the pipe is close-on-exec).
             let Some(report) = Report::receive(rep_r) else { return Ok(pid) };
-            let _ = nix::sys::signal::kill(child, Signal::SIGKILL);
-            let _ = waitpid(child, None);
+            kill_and_reap(child);
             match report {
                 Report::Started { .. } => Ok(pid),
-                Report::Failed { message, hint, status } => {
-                    Err(SpawnError::Child(StepError { step: String::new(), message, errno: None, hint, status }))
-                }
+                failed => Err(child_failed(Some(failed))),
             }
         }
     }
+}
+
+fn kill_and_reap(child: nix::unistd::Pid) {
+    let _ = nix::sys::signal::kill(child, Signal::SIGKILL);
+    let _ = waitpid(child, None);
 }
 
 /// Waits for the child's byte saying the host's mounts are gone.
@@ -216,14 +219,11 @@ fn child_unmounted(go: &OwnedFd) -> bool {
     read_byte(go) == Some(b'u')
 }
 
-/// The child went before its unmounts were done: its report says why.
-fn child_failure(child: nix::unistd::Pid, rep: OwnedFd) -> Result<i32, SpawnError> {
-    let report = Report::receive(rep);
-    let _ = nix::sys::signal::kill(child, Signal::SIGKILL);
-    let _ = waitpid(child, None);
+/// The child's failure, from its report (none: it went without one).
+fn child_failed(report: Option<Report>) -> SpawnError {
     match report {
-        Some(Report::Failed { message, hint, status }) => Err(SpawnError::Child(StepError { step: String::new(), message, errno: None, hint, status })),
-        _ => Err(SpawnError::Child(StepError::new("setting up the namespaces", "the child exited without a report", None, "run with -v"))),
+        Some(Report::Failed { message, hint, status }) => SpawnError::Child(StepError { step: String::new(), message, errno: None, hint, status }),
+        _ => SpawnError::Child(StepError::new("setting up the namespaces", "the child exited without a report", None, "run with -v")),
     }
 }
 
