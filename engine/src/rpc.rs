@@ -157,12 +157,16 @@ impl CriuProcess {
         match self {
             CriuProcess::Forked(c) => c.wait().ok().map(|s| s.to_string()),
             CriuProcess::Spawned(p) => loop {
-                match nix::sys::wait::waitpid(*p, None) {
-                    Err(nix::errno::Errno::EINTR) => continue,
-                    Ok(nix::sys::wait::WaitStatus::Exited(_, code)) => break Some(format!("exit status: {code}")),
-                    Ok(nix::sys::wait::WaitStatus::Signaled(_, sig, _)) => break Some(format!("signal: {} ({})", sig as i32, sig.as_str())),
-                    Ok(other) => break Some(format!("{other:?}")),
-                    Err(_) => break None,
+                let mut raw = 0;
+                // SAFETY: waitpid(2) on our own child, into a local.
+                match unsafe { libc::waitpid(p.as_raw(), &mut raw, 0) } {
+                    -1 if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted => continue,
+                    -1 => break None,
+                    // Worded as std::process::Child::wait's status is.
+                    _ => {
+                        let status: std::process::ExitStatus = std::os::unix::process::ExitStatusExt::from_raw(raw);
+                        break Some(status.to_string());
+                    }
                 }
             },
         }
