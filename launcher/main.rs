@@ -23,13 +23,12 @@ fn init_logging(verbose: u8, quiet: bool) {
     // RUST_LOG takes the full directive syntax (EnvFilter). Without it, a
     // fixed level and target list: EnvFilter compiles its directive
     // matchers at start-up, most of a millisecond of every command.
-    let _ = match std::env::var_os("RUST_LOG") {
-        Some(_) => match tracing_subscriber::EnvFilter::try_from_default_env() {
-            Ok(filter) => tracing_subscriber::registry().with(fmt.with_filter(filter)).try_init(),
-            Err(_) => tracing_subscriber::registry().with(fmt.with_filter(Targets::new().with_default(level))).try_init(),
-        },
+    // An unusable RUST_LOG falls back to the fixed filter, as before.
+    let env = std::env::var_os("RUST_LOG").and_then(|_| tracing_subscriber::EnvFilter::try_from_default_env().ok());
+    let _ = match env {
+        Some(filter) => tracing_subscriber::registry().with(fmt.with_filter(filter)).try_init(),
         None => {
-            let filter = Targets::new().with_default(level).with_target("netlink", LevelFilter::WARN.min(level));
+            let filter = Targets::new().with_default(level).with_target("netlink", LevelFilter::WARN);
             tracing_subscriber::registry().with(fmt.with_filter(filter)).try_init()
         }
     };
