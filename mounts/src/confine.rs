@@ -4,7 +4,7 @@
 //! bind mounts, tmpfs mounts and a read-only root.
 //!
 //! [`prepare`] builds the view inside the workload's fresh mount namespace
-//! (after [`crate::make_rprivate`]); the caller then adds its own mounts
+//! (after [`crate::drop_host_mounts`]); the caller then adds its own mounts
 //! (the log, cns's init) under the returned root and calls [`pivot`].
 //!
 //! Every bind mount is dumped by CRIU as an *external* mount keyed by its
@@ -186,9 +186,8 @@ pub fn prepare(layout: &Layout) -> Result<Prepared, MountError> {
         }
         None => {
             crate::mount_proc()?;
-            // The host's /dev/shm goes first (crate::drop_host_mounts; a
-            // second look here finds nothing when that ran).
-            crate::unmount_all(Path::new("/dev/shm"))?;
+            // Over nothing of the host's: crate::drop_host_mounts took its
+            // /dev/shm away.
             crate::mount_private_tmpfs(Path::new("/dev/shm"), "64m")?;
             PathBuf::from("/")
         }

@@ -1,16 +1,16 @@
 //! Mount namespace setup for cns workloads.
 //!
 //! Called inside the workload's fresh mount namespace, in this order
-//! ([`prepare_namespace`]):
+//! ([`drop_host_mounts`], then [`confine::prepare`]):
 //! 1. make every mount private, recursively, so nothing propagates back to
 //!    the host and CRIU sees no shared peers outside the tree;
 //! 2. unmount the host-only mounts ([`host_only_mounts`]): `nsfs` mounts
 //!    (left by `ip netns add` under /run/netns; CRIU cannot restore a mount
 //!    whose root is a namespace file) and cns's own state and CRIU-cache
-//!    tmpfs;
+//!    tmpfs, and the host's /dev/shm (the host's, even hidden under the
+//!    workload's own, would be dumped with its contents);
 //! 3. mount a fresh /proc for the new pid namespace;
-//! 4. unmount the host's /dev/shm and mount a fresh, private tmpfs there
-//!    (the host's, even hidden under it, would be dumped with its contents).
+//! 4. mount a fresh, private tmpfs on /dev/shm.
 
 pub mod confine;
 
@@ -367,7 +367,7 @@ pub fn bind_readonly(path: &Path) -> Result<bool, MountError> {
     Ok(true)
 }
 
-/// Steps 1, 2 and the unmount of step 4: everything that unmounts. Each
+/// Steps 1 and 2: everything that unmounts. Each
 /// unmount ends in an RCU grace period, which waits for every CPU; a CPU
 /// busy in the kernel elsewhere (the caller creating the workload's veth
 /// meanwhile) stretched one unmount from tens of microseconds to more than
@@ -385,14 +385,6 @@ pub fn drop_host_mounts(own_root: bool) -> Result<(), MountError> {
         unmount_all(Path::new("/dev/shm"))?;
     }
     Ok(())
-}
-
-/// The whole mount-namespace preparation, in order. Must run inside a fresh
-/// mount namespace (and pid namespace, for /proc). Returns the directory
-/// that becomes the root (see [`confine::pivot`]).
-pub fn prepare_namespace(layout: &confine::Layout) -> Result<confine::Prepared, MountError> {
-    drop_host_mounts(layout.rootfs.is_some())?;
-    confine::prepare(layout)
 }
 
 #[cfg(test)]
