@@ -304,6 +304,17 @@ fn the_workload_cannot_see_or_plant_files_in_cns_state_before_or_after_restore()
         for d in ["/run/cns", "/var/lib/cns/images", "/var/lib/cns/logs", "/var/lib/cns/bin"] {
             assert!(!Path::new(&format!("{d}/planted-by-workload")).exists(), "{when}: planted in {d}");
         }
+        // Each mask is a read-only bind of cns's empty directory, not a
+        // tmpfs (which CRIU would archive at every dump), and a restore
+        // keeps it read-only.
+        let mounts = std::fs::read_to_string(format!("/proc/{}/mountinfo", pid_of(&n))).expect("mountinfo");
+        for d in ["/run/cns", "/var/lib/cns/images", "/var/lib/cns/logs"] {
+            let line = mounts.lines().find(|l| l.split(' ').nth(4) == Some(d)).unwrap_or_else(|| panic!("{when}: {d} is not masked:\n{mounts}"));
+            let f: Vec<&str> = line.split(' ').collect();
+            assert_eq!(f[3], "/var/lib/cns/.mask", "{when}: {line}");
+            assert!(f[5].split(',').any(|o| o == "ro"), "{when}: {line}");
+            assert!(!line.contains(" - tmpfs "), "{when}: {line}");
+        }
     };
     check("after run");
     ok(&["dump", &n]);

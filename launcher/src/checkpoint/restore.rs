@@ -349,7 +349,7 @@ fn execute_locked(rt: &Runtime, plan: &RestorePlan, opts: &RestoreOptions, locke
     marker.host_if = net.host_if.clone();
     marker.log = (!plan.in_place).then(|| plan.log.clone());
     recovery::begin(&locked.dir, &marker)?;
-    prepare_stdio(plan)?;
+    prepare_stdio(rt, plan)?;
     prepare_rootfs(rt, plan)?;
     let limits = plan.meta.workload.confine.limits;
     if !limits.is_empty() {
@@ -427,13 +427,17 @@ fn network(rt: &Runtime, plan: &RestorePlan, rollback: &mut Rollback<'_>) -> Res
     Ok(net)
 }
 
-/// The log's mountpoint must exist in the restored root (the host's /) for
+/// The log's mountpoint, and the empty directory the masks over cns's own
+/// directories bind, must exist in the restored root (the host's /) for
 /// pre-flight and for CRIU. (A workload with a root of its own has it in
 /// its own /dev, which the checkpoint carries.)
-fn prepare_stdio(plan: &RestorePlan) -> Result<()> {
+fn prepare_stdio(rt: &Runtime, plan: &RestorePlan) -> Result<()> {
     if plan.meta.workload.confine.rootfs.is_some() {
         return Ok(());
     }
+    // The masks over cns's directories are binds of it (a checkpoint taken
+    // before 2026-12-04 has tmpfs masks, which CRIU makes itself).
+    crate::confine::mask_dir(&rt.store.paths.lib)?;
     if let Some(m) = &plan.meta.workload.stdio_mount {
         drop(crate::files::create_private_file(m, false)?);
     }

@@ -229,6 +229,28 @@ pub fn override_sources(c: &mut Confinement, rootfs: Option<&Path>, binds: &[Str
     Ok(())
 }
 
+/// The empty directory bound read-only over cns's own directories inside a
+/// workload (cns_mounts::mask_dirs): `LIB/.mask`, made 0500 when missing.
+/// A restore makes it too: CRIU binds the masks from it again.
+pub fn mask_dir(lib: &Path) -> Result<PathBuf> {
+    use std::os::unix::fs::DirBuilderExt;
+    let dir = lib.join(".mask");
+    match std::fs::symlink_metadata(&dir) {
+        Ok(m) if m.is_dir() => return Ok(dir),
+        Ok(_) => {
+            return Err(Error::new(crate::ErrorKind::Exists, format!("{} is not a directory", dir.display()))
+                .with_hint("remove it: cns makes it again, an empty directory it hides its own directories under"));
+        }
+        Err(_) => {}
+    }
+    crate::files::mkdir_private(lib).map_err(|e| Error::wrap(format!("cannot create {}", lib.display()), e))?;
+    match std::fs::DirBuilder::new().mode(0o500).create(&dir) {
+        Ok(()) => Ok(dir),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && dir.is_dir() && !dir.is_symlink() => Ok(dir),
+        Err(e) => Err(Error::wrap(format!("cannot create {}", dir.display()), e)),
+    }
+}
+
 /// Destinations of the read-only bind mounts (made read-only again after a
 /// restore: see cns_mounts::confine::remount_read_only_in).
 pub fn read_only_binds(c: &Confinement) -> Vec<PathBuf> {

@@ -273,6 +273,7 @@ fn spec(rt: &Runtime, opts: &RunOptions, c: &Checked, w: &Workload, stdio_mount:
         net: w.net.addrs,
         init_binary: init,
         masked: masked_dirs(rt)?,
+        mask: crate::confine::mask_dir(&rt.store.paths.lib)?,
         read_only: vec![rt.store.paths.lib.join("bin"), rt.config_dir()],
         layout: crate::confine::layout(&rt.store.paths.lib, name, &c.confine),
         user: c.confine.user.clone(),

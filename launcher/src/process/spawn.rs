@@ -46,8 +46,10 @@ pub struct Spec {
     /// The binary init re-executes as: cns's static init
     /// (confine::rootfs::static_init), at its host path.
     pub init_binary: PathBuf,
-    /// cns's own directories: hidden inside the workload (state, images, logs).
+    /// cns's own directories: hidden inside the workload (state, images,
+    /// logs) under read-only binds of `mask`, an empty directory.
     pub masked: Vec<PathBuf>,
+    pub mask: PathBuf,
     /// cns's directories the workload may see but not change (init's binary, the config).
     pub read_only: Vec<PathBuf>,
     /// Its own root, mounts, read-only root.
@@ -318,7 +320,7 @@ fn setup_namespace(spec: &Spec, go: &OwnedFd) -> Result<(), StepError> {
     // 5. cns's own state, images and logs are not the workload's to see or
     //    plant files in; init's binary and the config only to read. (After
     //    stdio: the log is reached through its own bind mount.)
-    cns_mounts::mask_dirs(&spec.masked).map_err(|e| StepError::new("hiding cns's state", &e, e.errno().map(|x| x as i32), e.hint()))?;
+    cns_mounts::mask_dirs(&spec.mask, &spec.masked).map_err(|e| StepError::new("hiding cns's state", &e, e.errno().map(|x| x as i32), e.hint()))?;
     for p in &spec.read_only {
         cns_mounts::bind_readonly(p).map_err(|e| StepError::new("protecting cns's binaries", &e, e.errno().map(|x| x as i32), e.hint()))?;
     }
