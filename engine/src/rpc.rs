@@ -173,6 +173,36 @@ impl CriuProcess {
     }
 }
 
+/// A CRIU that has given its final answer and is exiting. Dropped, it is
+/// reaped (waiting for it); [`Exiting::reap_in_background`] reaps it from a
+/// thread instead, so the caller goes on at once: CRIU's exit (its address
+/// space torn down) takes about a millisecond after its last answer here,
+/// and nothing the caller does next depends on it.
+#[derive(Debug)]
+pub struct Exiting(Option<CriuProcess>);
+
+impl Exiting {
+    /// Reaps CRIU in a thread of its own (if this process exits first, CRIU
+    /// goes to init, which reaps it).
+    pub fn reap_in_background(mut self) {
+        if let Some(mut c) = self.0.take() {
+            // A thread that cannot be made leaves CRIU to be reaped when
+            // this process exits.
+            let _ = std::thread::Builder::new().name("criu-reaper".into()).spawn(move || {
+                let _ = c.wait();
+            });
+        }
+    }
+}
+
+impl Drop for Exiting {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.wait();
+        }
+    }
+}
+
 /// Starts `criu swrk FD` with posix_spawn(3): glibc's vfork-style clone, so
 /// nothing of this process is copied (a fork copied its page tables, and
 /// each of its pages written afterwards faulted). Stdin and stdout are
@@ -343,13 +373,20 @@ impl Swrk {
         CriuResp::decode(&buf[..n]).map_err(|source| RpcError::Decode { op, source })
     }
 
-    /// Sends `req` and serves notify callbacks until the final answer.
-    fn call(
+    /// Sends `req` and serves notify callbacks until the final answer;
+    /// CRIU is reaped before this returns.
+    fn call(self, op: &'static str, req: CriuReq, on_notify: &mut dyn FnMut(&Notify) -> NotifyAction) -> Result<CriuResp, RpcError> {
+        self.call_exiting(op, req, on_notify).map(|(resp, _)| resp)
+    }
+
+    /// [`Swrk::call`], with a successful CRIU left exiting for the caller
+    /// to reap (a failed one is reaped here).
+    fn call_exiting(
         mut self,
         op: &'static str,
         req: CriuReq,
         on_notify: &mut dyn FnMut(&Notify) -> NotifyAction,
-    ) -> Result<CriuResp, RpcError> {
+    ) -> Result<(CriuResp, Exiting), RpcError> {
         self.send(op, &req)?;
         let mut hook_error: Option<RpcError> = None;
         let resp = loop {
@@ -376,14 +413,16 @@ impl Swrk {
             }
             break resp;
         };
-        let _ = self.child.wait();
+        let Swrk { child, sock } = self;
+        drop(sock);
+        let exiting = Exiting(Some(child));
         if let Some(e) = hook_error {
             return Err(e);
         }
         if !resp.success {
             return Err(RpcError::Failed { op, errno: resp.cr_errno, errmsg: resp.cr_errmsg.clone() });
         }
-        Ok(resp)
+        Ok((resp, exiting))
     }
 
     /// Asks CRIU for its version.
@@ -407,12 +446,13 @@ impl Swrk {
     }
 
     /// Dumps a tree described by `opts` (an [`Operation::Dump`]).
-    pub fn dump(self, opts: &CriuOptions, dirs: Dirs<'_>, on_notify: &mut dyn FnMut(&Notify) -> NotifyAction) -> Result<(), RpcError> {
+    /// Returns the exiting CRIU for the caller to reap.
+    pub fn dump(self, opts: &CriuOptions, dirs: Dirs<'_>, on_notify: &mut dyn FnMut(&Notify) -> NotifyAction) -> Result<Exiting, RpcError> {
         if opts.op != Operation::Dump {
             return Err(RpcError::Protocol { op: "DUMP", what: "restore options given to a dump".into() });
         }
         let req = CriuReq { r#type: CriuReqType::Dump as i32, opts: Some(opts.to_rpc(dirs.images, dirs.work, &[])), ..Default::default() };
-        self.call("DUMP", req, on_notify).map(|_| ())
+        self.call_exiting("DUMP", req, on_notify).map(|(_, exiting)| exiting)
     }
 
     /// One pre-copy round (an [`Operation::PreDump`]): the tree's memory,
@@ -435,7 +475,8 @@ impl Swrk {
     }
 
     /// Restores a tree described by `opts` (an [`Operation::Restore`]);
-    /// returns the host pid of the restored root. `inherit` are (key, fd)
+    /// returns the host pid of the restored root and the exiting CRIU for
+    /// the caller to reap. `inherit` are (key, fd)
     /// pairs: CRIU gives the restored tree `fd` wherever the image had a
     /// file whose path (without the leading `/`) is `key`; the fds must
     /// have been handed to [`Swrk::start`].
@@ -445,13 +486,14 @@ impl Swrk {
         dirs: Dirs<'_>,
         inherit: &[(String, BorrowedFd<'_>)],
         on_notify: &mut dyn FnMut(&Notify) -> NotifyAction,
-    ) -> Result<i32, RpcError> {
+    ) -> Result<(i32, Exiting), RpcError> {
         if opts.op != Operation::Restore {
             return Err(RpcError::Protocol { op: "RESTORE", what: "dump options given to a restore".into() });
         }
         let req = CriuReq { r#type: CriuReqType::Restore as i32, opts: Some(opts.to_rpc(dirs.images, dirs.work, inherit)), ..Default::default() };
-        let resp = self.call("RESTORE", req, on_notify)?;
-        resp.restore.map(|r| r.pid).ok_or(RpcError::Protocol { op: "RESTORE", what: "no pid in the answer".into() })
+        let (resp, exiting) = self.call_exiting("RESTORE", req, on_notify)?;
+        let pid = resp.restore.map(|r| r.pid).ok_or(RpcError::Protocol { op: "RESTORE", what: "no pid in the answer".into() })?;
+        Ok((pid, exiting))
     }
 }
 

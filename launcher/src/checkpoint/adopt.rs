@@ -132,7 +132,8 @@ fn namespace_init(criu: &Path, images: &Path, flags: cns_engine::CriuFlags, repo
         o.notify = false;
         let swrk = Swrk::start(criu, &[], criu_stderr(images, "criu-stderr-restore.log"))?;
         let dirs = Dirs { images: Some(dir.as_fd()), work: Some(dir.as_fd()) };
-        swrk.restore(&o, dirs, &[], &mut |_| NotifyAction::Continue).map_err(|e| criu_failure("restore", e, &images.join("restore.log")))
+        // Reaped here (dropped): this init reaps every child from here on.
+        swrk.restore(&o, dirs, &[], &mut |_| NotifyAction::Continue).map(|(pid, _exiting)| pid).map_err(|e| criu_failure("restore", e, &images.join("restore.log")))
     })();
     // SAFETY: prctl on ourselves: the pid ns init outlives cns from here.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, 0) };

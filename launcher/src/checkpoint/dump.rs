@@ -256,7 +256,8 @@ fn run_criu(plan: &DumpPlan, swrk: Swrk, staging: &mut Staging, meta: &Meta, mem
         }
     };
     let dirs = Dirs { images: Some(dir.as_fd()), work: Some(dir.as_fd()) };
-    swrk.dump(&plan.options, dirs, &mut |n: &Notify| {
+    // The dump is complete at CRIU's answer; its exit is not waited for.
+    let res = swrk.dump(&plan.options, dirs, &mut |n: &Notify| {
         if let Err(e) = crate::checkpoint::hooks::run(&plan.action_scripts, &n.script, n.pid.or(Some(plan.pid)), &plan.name, &plan.options.images) {
             return NotifyAction::Abort(e);
         }
@@ -279,5 +280,6 @@ fn run_criu(plan: &DumpPlan, swrk: Swrk, staging: &mut Staging, meta: &Meta, mem
             _ => {}
         }
         NotifyAction::Continue
-    })
+    });
+    res.map(cns_engine::rpc::Exiting::reap_in_background)
 }

@@ -568,16 +568,7 @@ fn run_criu(plan: &RestorePlan, net: &NetConfig, state_dir: &Path) -> Result<i32
                 return NotifyAction::Abort(format!("read-only mounts: {e}"));
             }
         }
-        let host_end = match host_end.take() {
-            Some(h) => h.join().unwrap_or_else(|_| Err(cns_netns::NetError::Request { op: "configuring the host end", source: std::io::Error::other("its thread panicked") })),
-            // No post-setup-namespaces from this CRIU: all of it here.
-            None => configure_host_end(net, true),
-        };
-        let up = host_end.and_then(|down| match down {
-            Some(idx) => cns_netns::Netlink::new().and_then(|nl| nl.set_up(idx)),
-            None => Ok(()),
-        });
-        match up.and_then(|()| configure_network(net, move_address, n.pid)) {
+        match network_at_post_restore(net, host_end.take(), move_address, n.pid) {
             Ok(()) => NotifyAction::Continue,
             Err(e) => {
                 hook_err = Some(format!("configuring the network: {e}"));
@@ -585,10 +576,31 @@ fn run_criu(plan: &RestorePlan, net: &NetConfig, state_dir: &Path) -> Result<i32
             }
         }
     });
-    res.map_err(|e| match hook_err {
+    // The tree runs once CRIU has answered; CRIU's own exit (about a
+    // millisecond of tearing its address space down) is not waited for.
+    res.map(|(pid, exiting)| {
+        exiting.reap_in_background();
+        pid
+    })
+    .map_err(|e| match hook_err {
         Some(h) => Error::new(ErrorKind::Criu, format!("restore failed: {h}")).with_hint(format!("see {}", log_path.display())),
         None => criu_failure("restore", e, &log_path),
     })
+}
+
+/// At post-restore: the host end's configuration (from its thread, or here
+/// for a CRIU without post-setup-namespaces), the link up, and the address
+/// inside for a workload that moved.
+fn network_at_post_restore(net: &NetConfig, host_end: Option<std::thread::JoinHandle<Result<Option<u32>, cns_netns::NetError>>>, move_address: bool, pid: Option<i32>) -> Result<(), cns_netns::NetError> {
+    let host_end = match host_end {
+        Some(h) => h.join().unwrap_or_else(|_| Err(cns_netns::NetError::Request { op: "configuring the host end", source: std::io::Error::other("its thread panicked") })),
+        None => configure_host_end(net, true),
+    };
+    let down = host_end?;
+    if let Some(idx) = down {
+        cns_netns::Netlink::new().and_then(|nl| nl.set_up(idx))?;
+    }
+    configure_network(net, move_address, pid)
 }
 
 /// From post-setup-namespaces on: the host end of the veth (made by CRIU)
