@@ -115,17 +115,26 @@ fn the_sweep_removes_rules_of_workloads_that_are_gone() {
     // A run of that name failed (cns knows the name; its rules went with it)...
     fails(&["run", "--name", &ghost, "--", "/nonexistent-command"]);
     assert!(!has_table(&ghost));
-    // ...and a later one was killed after installing its rules, before its record.
+    // ...and a later one was killed after installing its rules, before its
+    // record: what it leaves is its rules and its recovery marker (with its
+    // index entry), naming a command that is gone.
     cns_netns::nat::install(&ghost, std::net::Ipv4Addr::new(10, 254, 254, 2), cns_netns::nat::Policy::Isolated).expect("install");
     assert!(has_table(&ghost));
-    ok(&["ps"]);
-    assert!(!has_table(&ghost), "the sweep left the rules of a workload with no record");
-    // Rules of a name this store never knew (another cns state dir's) stay.
+    let dir = format!("/run/cns/{ghost}");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    std::fs::write(format!("{dir}/pending"), serde_json::json!({"owner": 999_999_999, "owner_start": 1, "new_record": true}).to_string()).expect("marker");
+    std::fs::create_dir_all("/run/cns/.pending").expect("index");
+    std::fs::write(format!("/run/cns/.pending/{ghost}"), "").expect("index entry");
+    // Rules of a name this store never knew (another cns state dir's) are
+    // there at the same sweep, and stay.
     let foreign = format!("{ghost}-elsewhere");
     cns_netns::nat::install(&foreign, std::net::Ipv4Addr::new(10, 254, 254, 6), cns_netns::nat::Policy::Isolated).expect("install");
     ok(&["ps"]);
-    assert!(has_table(&foreign), "the sweep removed rules that are not this store's");
+    let (ghost_left, foreign_left) = (has_table(&ghost), has_table(&foreign));
     cns_netns::nat::remove(&foreign).expect("remove");
+    assert!(!ghost_left, "the sweep left the rules of a workload with no record");
+    assert!(!std::path::Path::new(&dir).exists(), "the sweep left the dead command's state dir");
+    assert!(foreign_left, "the sweep removed rules that are not this store's");
 }
 
 #[test]

@@ -143,6 +143,10 @@ fn planted_recovery_markers_reach_nothing_outside_the_workload() {
         "dump": {"images": "/var/lib/cns/images", "old": precious_dir.path(), "committed": true}
     });
     std::fs::write(format!("{dir}/pending"), marker.to_string()).expect("plant");
+    // With its entry in the marker index, as cns writes its own (the sweep
+    // reads the index; every dir only in its once-a-minute full pass).
+    std::fs::create_dir_all("/run/cns/.pending").expect("index");
+    std::fs::write(format!("/run/cns/.pending/{fake}"), "").expect("plant the index entry");
     ok(&["ps"]);
     let survived_proc = alive(vpid);
     let survived_link = Path::new(&format!("/sys/class/net/{link}")).exists();
@@ -155,6 +159,24 @@ fn planted_recovery_markers_reach_nothing_outside_the_workload() {
     assert!(survived_file, "the sweep removed a file named by a planted marker");
     assert!(precious_dir.path().join("keep").exists(), "the sweep removed a directory named by a planted marker");
     assert!(!Path::new(&dir).exists(), "the planted directory itself is cleaned up");
+    assert!(!Path::new(&format!("/run/cns/.pending/{fake}")).exists(), "its index entry is cleaned up");
+}
+
+#[test]
+fn a_marker_missing_from_the_index_is_swept_by_the_once_a_minute_full_pass() {
+    // A dead command's marker without its index entry (written by an older
+    // cns, or its entry lost): the index pass cannot see it, the full pass,
+    // due once the last one is a minute old, does.
+    let fake = name("unidx");
+    let dir = format!("/run/cns/{fake}");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    std::fs::write(format!("{dir}/pending"), serde_json::json!({"owner": 999_999_999, "owner_start": 1, "new_record": true}).to_string()).expect("plant");
+    let stamp = std::fs::OpenOptions::new().write(true).create(true).truncate(false).open("/run/cns/.swept").expect("stamp");
+    stamp.set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(120)).expect("backdate");
+    ok(&["ps"]);
+    assert!(!Path::new(&dir).exists(), "the full pass left a dead command's directory");
+    let swept = std::fs::metadata("/run/cns/.swept").and_then(|m| m.modified()).expect("stamp");
+    assert!(swept.elapsed().map(|d| d.as_secs() < 60).unwrap_or(true), "the full pass did not renew its stamp");
 }
 
 #[test]

@@ -9,7 +9,10 @@
 //! so its root is killed (that ends the whole pid namespace, and with it the
 //! mount and network namespaces and the veth), its lease released, its log
 //! removed, and a record it was creating deleted. Dump staging directories
-//! (`.NAME.dump-PID`) of dead dumps are removed the same way.
+//! (`.NAME.dump-PID`) of dead dumps are removed the same way. Markers are
+//! indexed (`.pending/NAME` in the state root), so a sweep reads one small
+//! directory however many workloads there are; once a minute it looks at
+//! every workload dir instead.
 //!
 //! `criu swrk` is not killed with its command: killing CRIU while its
 //! parasite code runs inside the tree can wedge the tree. It fails its next
@@ -31,6 +34,17 @@ use crate::runtime::Runtime;
 use crate::workload::State;
 
 const MARKER: &str = "pending";
+/// Under the state root: an empty file per workload whose state dir holds
+/// a marker, so that the sweep reads one small directory, not one file per
+/// workload (with a hundred workloads that was most of a millisecond of
+/// every command).
+const INDEX: &str = ".pending";
+/// Under the state root: touched by the last full sweep (every workload
+/// dir looked at), which runs at most once a minute.
+const FULL_SWEEP: &str = ".swept";
+/// How often the full sweep runs, and how old a directory without marker
+/// or record must be to be someone's leftover.
+const FULL_SWEEP_SECS: u64 = 60;
 
 /// What an unfinished command leaves for the sweep.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -86,11 +100,31 @@ impl Marker {
     }
 }
 
-/// Writes the marker into a workload's state dir.
+/// Writes the marker into a workload's state dir (and its index entry
+/// first, so that no marker is ever unindexed).
 pub fn begin(dir: &Path, m: &Marker) -> Result<()> {
+    index_entry(dir);
     // A marker outlives a killed command, not a crashed machine (which takes
     // every process it names with it): no fsync.
     crate::files::write_transient(&dir.join(MARKER), &serde_json::to_vec(m)?, 0o600)
+}
+
+/// The index entry of the workload dir `dir` (best effort: a marker the
+/// index misses is found by the next full sweep).
+fn index_entry(dir: &Path) {
+    use std::os::unix::fs::OpenOptionsExt;
+    let (Some(root), Some(name)) = (dir.parent(), dir.file_name()) else { return };
+    let path = root.join(INDEX).join(name);
+    let open = || fs::OpenOptions::new().write(true).create(true).mode(0o600).custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC).open(&path);
+    if open().is_err() && crate::files::mkdir_private(&root.join(INDEX)).is_ok() {
+        let _ = open();
+    }
+}
+
+fn remove_index_entry(dir: &Path) {
+    if let (Some(root), Some(name)) = (dir.parent(), dir.file_name()) {
+        let _ = fs::remove_file(root.join(INDEX).join(name));
+    }
 }
 
 /// Updates the marker in place (best effort).
@@ -120,6 +154,7 @@ pub fn set_root(dir: &Path, pid: i32) {
 /// The command finished (either way, with its own rollback done).
 pub fn end(dir: &Path) {
     let _ = fs::remove_file(dir.join(MARKER));
+    remove_index_entry(dir);
 }
 
 fn read(dir: &Path) -> Option<Marker> {
@@ -127,21 +162,33 @@ fn read(dir: &Path) -> Option<Marker> {
 }
 
 /// Cleans up after every command that died half-way. Cheap when there is
-/// nothing to do: one readdir of the state dir and one of the images root.
+/// nothing to do: a readdir of the marker index and one of the images
+/// root. Once a minute it looks at every workload dir instead (a
+/// directory a command died creating before its marker, a marker whose
+/// index entry was lost), and at the nf_tables rules of workloads gone.
 pub fn sweep(rt: &Runtime) {
-    let Ok(rd) = fs::read_dir(&rt.store.paths.state) else { return };
+    let state = &rt.store.paths.state;
+    let full = fs::metadata(state.join(FULL_SWEEP)).and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok()).is_none_or(|d| d.as_secs() >= FULL_SWEEP_SECS);
+    let listed = if full { fs::read_dir(state) } else { fs::read_dir(state.join(INDEX)) };
+    let names: Vec<String> = match listed {
+        Ok(rd) => rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| !n.starts_with('.')).collect(),
+        Err(_) => vec![],
+    };
     let mut cleaned = false;
-    for e in rd.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        if name.starts_with('.') {
-            continue;
-        }
-        let dir = e.path();
+    for name in names {
+        let dir = state.join(&name);
         let marker = read(&dir);
         let has_record = dir.join(crate::workload::store::RECORD).exists();
-        if marker.is_none() && (has_record || !older_than(&dir, 60)) {
+        if marker.is_none() && !full && (!dir.exists() || older_than(&state.join(INDEX).join(&name), FULL_SWEEP_SECS)) {
+            // An index entry whose command ended between removing its
+            // marker and its entry (begin writes the entry first: a fresh
+            // one may be waiting for its marker).
+            let _ = fs::remove_file(state.join(INDEX).join(&name));
+        }
+        if marker.is_none() && (has_record || !older_than(&dir, FULL_SWEEP_SECS) || !full) {
             // A record, or a directory a command is creating right now (it
-            // writes its marker just after the mkdir).
+            // writes its marker just after the mkdir); one without either
+            // is left to the full sweep.
             continue;
         }
         if marker.as_ref().is_some_and(Marker::busy) {
@@ -177,12 +224,18 @@ pub fn sweep(rt: &Runtime) {
             crate::confine::rootfs::remove(&rt.store.paths.lib, &name);
             crate::confine::cgroup::remove(&name);
             let _ = fs::remove_dir_all(&dir);
+            remove_index_entry(&dir);
         } else {
             end(&dir);
         }
     }
+    if full {
+        let _ = crate::files::write_transient(&state.join(FULL_SWEEP), b"", 0o600);
+    }
     sweep_staging(rt);
-    sweep_rules(rt, cleaned);
+    if cleaned || full {
+        sweep_rules(rt, cleaned);
+    }
 }
 
 /// nf_tables rules of workloads that no longer exist (their command died
