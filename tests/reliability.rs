@@ -93,6 +93,9 @@ fn start_memory_counter(n: &str, mib: u64) {
 }
 
 fn keeps_counting(n: &str) {
+    // A copy's log starts empty: its first line may come a moment after
+    // the restore returns.
+    wait_for("the workload to print", 20, || last_count(n).is_some());
     let k = last_count(n).expect("count");
     wait_for("the workload to keep running", 20, || last_count(n).is_some_and(|c| c > k + 2));
 }
