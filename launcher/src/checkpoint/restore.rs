@@ -461,8 +461,12 @@ fn prepare_rootfs(rt: &Runtime, plan: &RestorePlan) -> Result<()> {
 }
 
 fn preflight_restore(rt: &Runtime, plan: &RestorePlan, opts: &RestoreOptions) -> Result<()> {
-    let links = cns_netns::Netlink::new().and_then(|n| n.link_names()).unwrap_or_default();
     let host_if = if plan.in_place { None } else { plan.host_if.as_deref() };
+    // The host's links matter only for a copy's new host interface name.
+    let links = match host_if {
+        Some(_) => cns_netns::Netlink::new().and_then(|n| n.link_names()).unwrap_or_default(),
+        None => vec![],
+    };
     let layers = plan.meta.workload.confine.rootfs.as_ref().map(|lower| crate::confine::rootfs::layers(&rt.store.paths.lib, &plan.new_name, lower));
     let layer_paths: Vec<&Path> = layers.iter().flat_map(|l| [l.upper.as_path(), l.lower.as_path()]).collect();
     for f in preflight::check_image(&ImageDir::new(&plan.images), opts.memory_limit, host_if, &links, &layer_paths) {
@@ -578,8 +582,15 @@ fn run_criu(plan: &RestorePlan, net: &NetConfig, state_dir: &Path) -> Result<i32
     });
     // The tree runs once CRIU has answered; CRIU's own exit (about a
     // millisecond of tearing its address space down) is not waited for.
+    // A lazy restore's CRIU works in the directory the daemon's watcher
+    // removes: it is reaped first (a suite run once found that directory
+    // left behind when the watcher ran while CRIU was still exiting).
     res.map(|(pid, exiting)| {
-        exiting.reap_in_background();
+        if plan.lazy_dir.is_some() {
+            drop(exiting);
+        } else {
+            exiting.reap_in_background();
+        }
         pid
     })
     .map_err(|e| match hook_err {
