@@ -330,11 +330,8 @@ pub fn mask_dirs(empty: &Path, paths: &[PathBuf]) -> Result<usize, MountError> {
         if !path.is_dir() {
             continue;
         }
-        let err = |source| MountError::Mask { path: path.to_path_buf(), source };
-        mount(Some(source), path.as_path(), None::<&str>, MsFlags::MS_BIND, None::<&str>).map_err(err)?;
+        read_only_bind(source, path, MsFlags::empty(), MsFlags::MS_NOEXEC).map_err(|source| MountError::Mask { path: path.to_path_buf(), source })?;
         source = path;
-        let ro = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
-        mount(None::<&str>, path.as_path(), None::<&str>, ro, None::<&str>).map_err(err)?;
         n += 1;
     }
     Ok(n)
@@ -346,11 +343,16 @@ pub fn bind_readonly(path: &Path) -> Result<bool, MountError> {
     if !path.is_dir() {
         return Ok(false);
     }
-    let err = |source| MountError::Mask { path: path.to_path_buf(), source };
-    mount(Some(path), path, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>).map_err(err)?;
-    let ro = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
-    mount(None::<&str>, path, None::<&str>, ro, None::<&str>).map_err(err)?;
+    read_only_bind(path, path, MsFlags::MS_REC, MsFlags::empty()).map_err(|source| MountError::Mask { path: path.to_path_buf(), source })?;
     Ok(true)
+}
+
+/// Binds `src` onto `target` (with `bind`: MS_REC or nothing), then
+/// remounts the bind read-only, nosuid and nodev, plus `extra`.
+fn read_only_bind(src: &Path, target: &Path, bind: MsFlags, extra: MsFlags) -> nix::Result<()> {
+    mount(Some(src), target, None::<&str>, MsFlags::MS_BIND | bind, None::<&str>)?;
+    let ro = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | extra;
+    mount(None::<&str>, target, None::<&str>, ro, None::<&str>)
 }
 
 /// Steps 1 and 2: everything that unmounts. Each

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use cns_mounts::confine::{Layout, Mount};
 
-use crate::error::{Error, Result};
+use crate::error::{Context, Error, Result};
 use serde::{Deserialize, Serialize};
 
 /// Inside a `--rootfs` workload, where its log is bind-mounted (in its own
@@ -243,11 +243,10 @@ pub fn mask_dir(lib: &Path) -> Result<PathBuf> {
         }
         Err(_) => {}
     }
-    crate::files::mkdir_private(lib).map_err(|e| Error::wrap(format!("cannot create {}", lib.display()), e))?;
+    crate::files::mkdir_private(lib).with_context(|| format!("cannot create {}", lib.display()))?;
     match std::fs::DirBuilder::new().mode(0o500).create(&dir) {
-        Ok(()) => Ok(dir),
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && dir.is_dir() && !dir.is_symlink() => Ok(dir),
-        Err(e) => Err(Error::wrap(format!("cannot create {}", dir.display()), e)),
+        r => r.map(|()| dir.clone()).with_context(|| format!("cannot create {}", dir.display())),
     }
 }
 
