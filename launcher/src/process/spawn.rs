@@ -165,11 +165,14 @@ pub fn start(
     .map_err(SpawnError::Pipe)?;
     let (rep_r, rep_w) = pipe()?;
     nix::sched::unshare(CloneFlags::from_bits_retain(libc::CLONE_NEWTIME)).map_err(SpawnError::TimeNs)?;
-    match crate::process::clone::fork_into(namespace_flags()).map_err(SpawnError::Clone)? {
+    let mut cpus = CpuSplit::pin_parent();
+    let forked = crate::process::clone::fork_into(namespace_flags());
+    match forked.map_err(SpawnError::Clone)? {
         ForkResult::Child => {
             drop(go_w);
             drop(rep_r);
-            child_main(spec, go_r, rep_w)
+            cpus.move_off_parent();
+            child_main(spec, go_r, rep_w, cpus)
         }
         ForkResult::Parent { child } => {
             drop(go_r);
@@ -200,6 +203,7 @@ pub fn start(
             // CMD may start: everything it could depend on is in place.
             let _ = nix::sys::socket::send(go_w.as_raw_fd(), b"c", nix::sys::socket::MsgFlags::MSG_NOSIGNAL);
             drop(go_w);
+            cpus.give_back();
             // Nothing comes back when CMD was exec'd (the pipe is close-on-exec).
             let Some(report) = Report::receive(rep_r) else { return Ok(pid) };
             kill_and_reap(child);
@@ -208,6 +212,59 @@ pub fn start(
                 failed => Err(child_failed(Some(failed))),
             }
         }
+    }
+}
+
+/// The child's set-up and the parent's share of it run side by side, on
+/// two CPUs. Left to itself, the kernel started the cloned child on its
+/// parent's CPU and woke each of the two on the CPU of the other, so on a
+/// small machine they took turns on one CPU while the other idled (ftrace:
+/// the parent's records and veth, the child's unmounts and mounts, one
+/// after the other). For the few milliseconds of the start, the parent
+/// keeps to its CPU and the child to the others; both take their masks
+/// back before anything of the workload runs (init and CMD inherit the
+/// original). Only a hint: a failure of any of these calls changes nothing
+/// else.
+struct CpuSplit {
+    /// The mask the parent had, and the CPU it was on.
+    original: Option<(nix::sched::CpuSet, usize)>,
+}
+
+impl CpuSplit {
+    /// Pins the calling parent to its CPU (where there is another to use).
+    fn pin_parent() -> CpuSplit {
+        let me = nix::unistd::Pid::from_raw(0);
+        let original = nix::sched::sched_getaffinity(me).ok().and_then(|set| {
+            let cpu = nix::sched::sched_getcpu().ok()?;
+            let others = (0..nix::sched::CpuSet::count()).any(|c| c != cpu && set.is_set(c).unwrap_or(false));
+            let mut only = nix::sched::CpuSet::new();
+            only.set(cpu).ok()?;
+            (others && nix::sched::sched_setaffinity(me, &only).is_ok()).then_some((set, cpu))
+        });
+        CpuSplit { original }
+    }
+
+    /// In the child: every CPU of the original mask but the parent's.
+    fn move_off_parent(&self) {
+        if let Some((set, cpu)) = &self.original {
+            let mut others = *set;
+            if others.unset(*cpu).is_ok() {
+                let _ = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &others);
+            }
+        }
+    }
+
+    /// Back to the original mask (parent and child each).
+    fn give_back(&mut self) {
+        if let Some((set, _)) = self.original.take() {
+            let _ = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set);
+        }
+    }
+}
+
+impl Drop for CpuSplit {
+    fn drop(&mut self) {
+        self.give_back();
     }
 }
 
@@ -278,6 +335,7 @@ fn tell_parent(go: &OwnedFd) -> Result<(), StepError> {
 fn setup_namespace(spec: &Spec, go: &OwnedFd) -> Result<(), StepError> {
     // 1. A session of its own: CRIU needs the session leader inside the tree.
     nix::unistd::setsid().map_err(|e| StepError::new("setsid", e, errno_of(&e), "should not happen in a fresh pid ns"))?;
+    let _ = std::fs::write("/proc/sys/net/ipv6/conf/default/disable_ipv6", "1");
     // 2. Mounts: private propagation, host-only mounts gone, the root of
     //    its own (or the host's), fresh /proc, private /dev/shm, binds,
     //    tmpfs, read-only.
@@ -388,7 +446,7 @@ pub fn close_fds_from(from: u32, cloexec_only: bool) {
     }
 }
 
-fn child_main(spec: &Spec, go: OwnedFd, rep: OwnedFd) -> ! {
+fn child_main(spec: &Spec, go: OwnedFd, rep: OwnedFd, mut cpus: CpuSplit) -> ! {
     let rep_raw = rep.as_raw_fd();
     std::mem::forget(rep);
     if let Err(e) = setup_namespace(spec, &go) {
@@ -400,6 +458,7 @@ fn child_main(spec: &Spec, go: OwnedFd, rep: OwnedFd) -> ! {
         report_and_exit(rep_raw, e);
     }
     drop(go);
+    cpus.give_back();
     // 8. Every inherited fd: close-on-exec now (the report pipe must live
     //    until CMD's exec), closed for good in init right after the fork.
     close_fds_from(3, true);
