@@ -206,3 +206,34 @@ fn ps_keeps_each_command_on_one_line_and_rm_and_kill_take_several_names() {
     assert!(String::from_utf8_lossy(&out.stderr).starts_with("cns: no workload named no-such-workload-here"));
     assert!(names.iter().all(|n| ps_entry(n).is_none()), "rm skipped names after a failure");
 }
+
+/// `Cpus_allowed_list` of a process, from its status file.
+fn cpus_of(status: &str) -> String {
+    status.lines().find_map(|l| l.strip_prefix("Cpus_allowed_list:")).map(|v| v.trim().to_string()).unwrap_or_default()
+}
+
+#[test]
+fn the_workload_and_its_monitor_keep_every_cpu_they_were_given() {
+    // During the start the parent keeps to its CPU and the child to the
+    // others (process/spawn.rs, CpuSplit); neither may keep that mask.
+    let ours = cpus_of(&std::fs::read_to_string("/proc/self/status").expect("own status"));
+    let n = name("cpus");
+    let _c = Cleanup(vec![n.clone()]);
+    let out = ok(&["run", "--name", &n, "--", "sh", "-c", "grep Cpus_allowed_list /proc/self/status /proc/1/status"]);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 2, "{out}");
+    for l in lines {
+        assert_eq!(cpus_of(l.split_once(':').map(|(_, r)| r).unwrap_or("")), ours, "a foreground workload's process lost CPUs: {l}");
+    }
+    let d = name("cpusd");
+    let _cd = Cleanup(vec![d.clone()]);
+    ok(&["run", "-d", "--name", &d, "--", "sleep", "1000"]);
+    let init = pid_of(&d);
+    let status = |pid: i32| std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let monitor: i32 = status(init).lines().find_map(|l| l.strip_prefix("PPid:")).and_then(|v| v.trim().parse().ok()).expect("init's parent");
+    let cmd = std::fs::read_to_string(format!("/proc/{init}/task/{init}/children")).expect("init's children");
+    let cmd: i32 = cmd.split_whitespace().next().and_then(|p| p.parse().ok()).expect("CMD under init");
+    for (what, pid) in [("init", init), ("CMD", cmd), ("its monitor", monitor)] {
+        assert_eq!(cpus_of(&status(pid)), ours, "{what} (pid {pid}) of a detached workload lost CPUs");
+    }
+}
