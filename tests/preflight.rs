@@ -53,6 +53,17 @@ fn nothing_restored(n: &str) {
     assert_eq!(state_of(n), "dumped");
     let veth = cns_runtime::net::host_veth_name(n);
     assert!(!links_named("cns-").contains(&veth), "a refused restore left {veth}");
+    // CRIU starts while pre-flight runs; a refusal ends and reaps it before
+    // cns returns. Its stderr is this checkpoint's criu-stderr file.
+    let stderr = std::path::PathBuf::from(format!("/var/lib/cns/images/{n}/criu-stderr-{n}.log"));
+    let holders: Vec<String> = std::fs::read_dir("/proc")
+        .expect("/proc")
+        .flatten()
+        .filter(|p| p.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit()))
+        .filter(|p| std::fs::read_dir(p.path().join("fd")).into_iter().flatten().flatten().any(|fd| std::fs::read_link(fd.path()).is_ok_and(|t| t == stderr)))
+        .map(|p| p.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(holders.is_empty(), "a refused restore left CRIU running: pids {holders:?}");
 }
 
 #[test]

@@ -75,6 +75,12 @@ pub enum NotifyAction {
     Continue,
     /// Abort the operation: CRIU rolls back (a dump leaves the tree running).
     Abort(String),
+    /// Go on, and count the operation as done without waiting for CRIU's
+    /// answer: for a restore at `post-resume`, after which CRIU only tears
+    /// down its own state (its cgroup yard, its plugins) and cannot fail
+    /// what it restored. The restored root is the pid of `setup-namespaces`
+    /// and `post-restore`.
+    Finish,
 }
 
 /// The image and work directories of one operation, as fds open in the
@@ -132,8 +138,10 @@ fn c_mounts(mounts: &[PrivateMount]) -> Result<Vec<CMount>, RpcError> {
 /// A `criu swrk` connection for one operation.
 #[derive(Debug)]
 pub struct Swrk {
-    child: CriuProcess,
+    // The socket closes before the child is waited for (fields drop in
+    // order): a swrk dropped unasked then sees EOF and exits.
     sock: OwnedFd,
+    child: CriuProcess,
 }
 
 /// The swrk process: spawned like posix_spawn(3) (the common case), or
@@ -179,17 +187,19 @@ impl CriuProcess {
 /// space torn down) takes about a millisecond after its last answer here,
 /// and nothing the caller does next depends on it.
 #[derive(Debug)]
-pub struct Exiting(Option<CriuProcess>);
+pub struct Exiting(Option<CriuProcess>, Option<OwnedFd>);
 
 impl Exiting {
     /// Reaps CRIU in a thread of its own (if this process exits first, CRIU
     /// goes to init, which reaps it).
     pub fn reap_in_background(mut self) {
         if let Some(mut c) = self.0.take() {
+            let sock = self.1.take();
             // A thread that cannot be made leaves CRIU to be reaped when
             // this process exits.
             let _ = std::thread::Builder::new().name("criu-reaper".into()).spawn(move || {
                 let _ = c.wait();
+                drop(sock);
             });
         }
     }
@@ -197,6 +207,8 @@ impl Exiting {
 
 impl Drop for Exiting {
     fn drop(&mut self) {
+        // The socket stays open while CRIU exits: a CRIU not waited for
+        // (NotifyAction::Finish) still sends its answer, into the buffer.
         if let Some(mut c) = self.0.take() {
             let _ = c.wait();
         }
@@ -376,17 +388,18 @@ impl Swrk {
     /// Sends `req` and serves notify callbacks until the final answer;
     /// CRIU is reaped before this returns.
     fn call(self, op: &'static str, req: CriuReq, on_notify: &mut dyn FnMut(&Notify) -> NotifyAction) -> Result<CriuResp, RpcError> {
-        self.call_exiting(op, req, on_notify).map(|(resp, _)| resp)
+        self.call_exiting(op, req, on_notify)?.0.ok_or(RpcError::Protocol { op, what: "finished before CRIU answered".into() })
     }
 
     /// [`Swrk::call`], with a successful CRIU left exiting for the caller
-    /// to reap (a failed one is reaped here).
+    /// to reap (a failed one is reaped here). No answer when the handler
+    /// finished the operation ([`NotifyAction::Finish`]).
     fn call_exiting(
         mut self,
         op: &'static str,
         req: CriuReq,
         on_notify: &mut dyn FnMut(&Notify) -> NotifyAction,
-    ) -> Result<(CriuResp, Exiting), RpcError> {
+    ) -> Result<(Option<CriuResp>, Exiting), RpcError> {
         self.send(op, &req)?;
         let mut hook_error: Option<RpcError> = None;
         let resp = loop {
@@ -396,11 +409,12 @@ impl Swrk {
                 let notify = Notify { script: n.script.unwrap_or_default(), pid: n.pid };
                 tracing::debug!(step = %notify.script, pid = ?notify.pid, "criu notify");
                 let action = on_notify(&notify);
-                let ok = match action {
-                    NotifyAction::Continue => true,
+                let (ok, finish) = match action {
+                    NotifyAction::Continue => (true, false),
+                    NotifyAction::Finish => (true, true),
                     NotifyAction::Abort(message) => {
                         hook_error = Some(RpcError::Hook { hook: notify.script.clone(), message });
-                        false
+                        (false, false)
                     }
                 };
                 let reply = CriuReq {
@@ -409,20 +423,26 @@ impl Swrk {
                     ..Default::default()
                 };
                 self.send(op, &reply)?;
+                if finish {
+                    break None;
+                }
                 continue;
             }
-            break resp;
+            break Some(resp);
         };
         let Swrk { child, sock } = self;
+        let Some(resp) = resp else {
+            return Ok((None, Exiting(Some(child), Some(sock))));
+        };
         drop(sock);
-        let exiting = Exiting(Some(child));
+        let exiting = Exiting(Some(child), None);
         if let Some(e) = hook_error {
             return Err(e);
         }
         if !resp.success {
             return Err(RpcError::Failed { op, errno: resp.cr_errno, errmsg: resp.cr_errmsg.clone() });
         }
-        Ok((resp, exiting))
+        Ok((Some(resp), exiting))
     }
 
     /// Asks CRIU for its version.
@@ -491,8 +511,18 @@ impl Swrk {
             return Err(RpcError::Protocol { op: "RESTORE", what: "dump options given to a restore".into() });
         }
         let req = CriuReq { r#type: CriuReqType::Restore as i32, opts: Some(opts.to_rpc(dirs.images, dirs.work, inherit)), ..Default::default() };
-        let (resp, exiting) = self.call_exiting("RESTORE", req, on_notify)?;
-        let pid = resp.restore.map(|r| r.pid).ok_or(RpcError::Protocol { op: "RESTORE", what: "no pid in the answer".into() })?;
+        let mut root = None;
+        let (resp, exiting) = self.call_exiting("RESTORE", req, &mut |n: &Notify| {
+            if n.pid.is_some() {
+                root = n.pid;
+            }
+            on_notify(n)
+        })?;
+        let pid = match resp {
+            Some(r) => r.restore.map(|r| r.pid),
+            None => root,
+        };
+        let pid = pid.ok_or(RpcError::Protocol { op: "RESTORE", what: "no pid in the answer".into() })?;
         Ok((pid, exiting))
     }
 }

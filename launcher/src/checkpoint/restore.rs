@@ -349,22 +349,29 @@ fn execute_locked(rt: &Runtime, plan: &RestorePlan, opts: &RestoreOptions, locke
     marker.host_if = net.host_if.clone();
     marker.log = (!plan.in_place).then(|| plan.log.clone());
     recovery::begin(&locked.dir, &marker)?;
-    prepare_stdio(rt, plan)?;
-    prepare_rootfs(rt, plan)?;
-    let limits = plan.meta.workload.confine.limits;
-    if !limits.is_empty() {
-        crate::confine::cgroup::create(&plan.new_name, &limits)?;
-    }
-    if !opts.no_preflight {
-        crate::confine::missing_sources(&plan.meta.workload.confine)?;
-        preflight_restore(rt, plan, opts)?;
-    }
     let published = crate::net::publish::bind(&net)?;
-    // The copy's log must exist: CRIU bind-mounts it as the workload's stdio.
     let log_offset = if plan.in_place { fs::metadata(&plan.log).map(|m| m.len()).unwrap_or(0) } else { 0 };
-    drop(crate::files::create_private_file(&plan.log, !plan.in_place)?);
     events.stage(&format!("restoring {}", plan.new_name), &format!("restoring {} MiB of memory", ImageDir::new(&plan.images).page_bytes().unwrap_or(0) >> 20));
-    let (pid, shim) = start(rt, plan, &net, published, &locked.dir, opts.detach, locked.lock_fd())?;
+    // The checks and preparations CRIU's request needs run where CRIU
+    // starts (the monitor, or this process in the foreground), after it is
+    // spawned: CRIU takes about 4 ms to load before it reads its request,
+    // and these take most of a millisecond. A refusal ends it unasked.
+    let mut prepare = || {
+        prepare_stdio(rt, plan)?;
+        prepare_rootfs(rt, plan)?;
+        let limits = plan.meta.workload.confine.limits;
+        if !limits.is_empty() {
+            crate::confine::cgroup::create(&plan.new_name, &limits)?;
+        }
+        if !opts.no_preflight {
+            crate::confine::missing_sources(&plan.meta.workload.confine)?;
+            preflight_restore(rt, plan, opts)?;
+        }
+        // The copy's log must exist: CRIU bind-mounts it as the workload's stdio.
+        drop(crate::files::create_private_file(&plan.log, !plan.in_place)?);
+        Ok(())
+    };
+    let (pid, shim) = start(rt, plan, &net, published, locked, opts.detach, &mut prepare)?;
     let stats = ImageDir::new(&plan.images).restore_stats().ok();
     record.net = net;
     record.log = plan.log.clone();
@@ -477,16 +484,36 @@ fn preflight_restore(rt: &Runtime, plan: &RestorePlan, opts: &RestoreOptions) ->
     Ok(())
 }
 
-/// Runs CRIU, in a detached monitor or as the caller's child. Returns the
+/// Runs CRIU, in a detached monitor or as the caller's child, after
+/// `prepare` (run where CRIU runs, once CRIU is loading). Returns the
 /// restored root and the monitor (the caller itself in the foreground).
-fn start(rt: &Runtime, plan: &RestorePlan, net: &NetConfig, published: crate::net::publish::Published, state_dir: &Path, detach: bool, lock_fd: i32) -> Result<(i32, i32)> {
+fn start(rt: &Runtime, plan: &RestorePlan, net: &NetConfig, published: crate::net::publish::Published, locked: &Locked, detach: bool, prepare: &mut dyn FnMut() -> Result<()>) -> Result<(i32, i32)> {
+    let state_dir = locked.dir.as_path();
     let mut published = Some(published);
     let mut work = || {
+        // A root of its own is mounted in CRIU's namespace as CRIU starts:
+        // its layers must be ready first.
+        let early = !plan.meta.workload.adopted && plan.private_mounts.is_empty();
+        let swrk = if early { Some(spawn_criu(plan, state_dir)?) } else { None };
+        if let Err(e) = prepare() {
+            if let Some(s) = swrk {
+                s.cancel();
+            }
+            return Err(e);
+        }
         let daemon = match &plan.lazy_dir {
-            Some(dir) => Some(crate::checkpoint::lazy::start(&plan.criu.path, &plan.images, dir, state_dir, plan.lazy_page_server)?),
+            Some(dir) => match crate::checkpoint::lazy::start(&plan.criu.path, &plan.images, dir, state_dir, plan.lazy_page_server) {
+                Ok(d) => Some(d),
+                Err(e) => {
+                    if let Some(s) = swrk {
+                        s.cancel();
+                    }
+                    return Err(e);
+                }
+            },
             None => None,
         };
-        let pid = match run_criu(plan, net, state_dir) {
+        let pid = match run_criu(plan, net, state_dir, swrk) {
             Ok(pid) => pid,
             Err(e) => {
                 if let Some(d) = daemon {
@@ -514,14 +541,28 @@ fn start(rt: &Runtime, plan: &RestorePlan, net: &NetConfig, published: crate::ne
         crate::checkpoint::lazy::finish_watchers();
         rt.store.record_exit(&plan.new_name, pid, code)
     };
-    monitor::start(detach, lock_fd, ErrorKind::Criu, &mut work, &mut on_exit)
+    monitor::start(detach, locked.lock_fd(), ErrorKind::Criu, &mut work, &mut on_exit)
 }
 
-/// The CRIU restore; the restored root becomes a child of the caller.
-fn run_criu(plan: &RestorePlan, net: &NetConfig, state_dir: &Path) -> Result<i32> {
+/// CRIU in swrk mode, waiting for its request; its restored root will be
+/// a child of the caller.
+fn spawn_criu(plan: &RestorePlan, state_dir: &Path) -> Result<Swrk> {
+    let swrk = Swrk::start_with_mounts(&plan.criu.path, &[], criu_stderr(&plan.images, &format!("criu-stderr-{}.log", plan.new_name)), &plan.private_mounts)?;
+    recovery::set_criu(state_dir, swrk.pid() as i32);
+    Ok(swrk)
+}
+
+/// The CRIU restore, by `early` when CRIU was started already (an adopted
+/// host tree's has its own); the restored root becomes a child of the
+/// caller.
+fn run_criu(plan: &RestorePlan, net: &NetConfig, state_dir: &Path, early: Option<Swrk>) -> Result<i32> {
     if plan.meta.workload.adopted {
         return crate::checkpoint::adopt::restore_host_tree(&plan.criu.path, &plan.images, plan.options.flags);
     }
+    let swrk = match early {
+        Some(s) => s,
+        None => spawn_criu(plan, state_dir)?,
+    };
     let dir = open_dir(&plan.images)?;
     // A lazy restore works in its own dir: its daemon's socket is there.
     let work_path = plan.lazy_dir.clone().unwrap_or_else(|| plan.images.clone());
@@ -540,20 +581,12 @@ fn run_criu(plan: &RestorePlan, net: &NetConfig, state_dir: &Path) -> Result<i32
     // route, never a half-restored listener).
     let mut host_end: Option<std::thread::JoinHandle<Result<Option<u32>, cns_netns::NetError>>> = None;
     let read_only = crate::confine::read_only_binds(&plan.meta.workload.confine);
-    let swrk = Swrk::start_with_mounts(&plan.criu.path, &[], criu_stderr(&plan.images, &format!("criu-stderr-{}.log", plan.new_name)), &plan.private_mounts)?;
-    recovery::set_criu(state_dir, swrk.pid() as i32);
     let dirs = Dirs { images: Some(dir.as_fd()), work: Some(work.as_fd()) };
     let res = swrk.restore(&plan.options, dirs, &[], &mut |n: &Notify| {
-        if n.script == "setup-namespaces" {
-            if let Some(pid) = n.pid {
-                recovery::set_root(state_dir, pid);
-                // Into its own cgroup before it forks the tree or gets a page.
-                if !plan.meta.workload.confine.limits.is_empty() {
-                    if let Err(e) = crate::confine::cgroup::enter(&plan.new_name, pid) {
-                        hook_err = Some(format!("entering the workload's cgroup: {}", e.one_line()));
-                        return NotifyAction::Abort(e.one_line());
-                    }
-                }
+        if let ("setup-namespaces", Some(pid)) = (n.script.as_str(), n.pid) {
+            if let Err(e) = at_setup_namespaces(plan, state_dir, pid) {
+                hook_err = Some(format!("entering the workload's cgroup: {}", e.one_line()));
+                return NotifyAction::Abort(e.one_line());
             }
         }
         if let Err(e) = crate::checkpoint::hooks::run(&plan.action_scripts, &n.script, n.pid, &plan.new_name, &plan.images) {
@@ -562,6 +595,11 @@ fn run_criu(plan: &RestorePlan, net: &NetConfig, state_dir: &Path) -> Result<i32
         }
         if n.script == "post-setup-namespaces" {
             host_end = configure_host_end_in_background(net, plan.options.lock_network);
+        }
+        // The tree runs; what CRIU does after post-resume is its own
+        // cleanup (about half a millisecond), not waited for.
+        if n.script == "post-resume" {
+            return NotifyAction::Finish;
         }
         if n.script != "post-restore" {
             return NotifyAction::Continue;
@@ -580,11 +618,9 @@ fn run_criu(plan: &RestorePlan, net: &NetConfig, state_dir: &Path) -> Result<i32
             }
         }
     });
-    // The tree runs once CRIU has answered; CRIU's own exit (about a
-    // millisecond of tearing its address space down) is not waited for.
-    // A lazy restore's CRIU works in the directory the daemon's watcher
-    // removes: it is reaped first (a suite run once found that directory
-    // left behind when the watcher ran while CRIU was still exiting).
+    // CRIU's cleanup and exit are not waited for, except a lazy restore's:
+    // its CRIU works in the directory the daemon's watcher removes (a suite
+    // run once found it left when the watcher ran while CRIU was exiting).
     res.map(|(pid, exiting)| {
         if plan.lazy_dir.is_some() {
             drop(exiting);
@@ -597,6 +633,16 @@ fn run_criu(plan: &RestorePlan, net: &NetConfig, state_dir: &Path) -> Result<i32
         Some(h) => Error::new(ErrorKind::Criu, format!("restore failed: {h}")).with_hint(format!("see {}", log_path.display())),
         None => criu_failure("restore", e, &log_path),
     })
+}
+
+/// At setup-namespaces: the root is recorded for recovery, and goes into
+/// its own cgroup before it forks the tree or gets a page.
+fn at_setup_namespaces(plan: &RestorePlan, state_dir: &Path, pid: i32) -> Result<()> {
+    recovery::set_root(state_dir, pid);
+    if plan.meta.workload.confine.limits.is_empty() {
+        return Ok(());
+    }
+    crate::confine::cgroup::enter(&plan.new_name, pid)
 }
 
 /// At post-restore: the host end's configuration (from its thread, or here
