@@ -121,7 +121,8 @@ pub struct CriuOptions {
     /// Lock the tree's network while CRIU works (`--network-lock nftables`;
     /// off: `--network-lock skip`). The lock holds TCP connections still
     /// while their state is read or written; its removal waits for an RCU
-    /// grace period (10-20 ms of a restore here).
+    /// grace period (about 7 ms here). A restore's CRIU uses the method the
+    /// dump recorded in the inventory, whatever the request says.
     pub lock_network: bool,
     /// Dump: track the pages written from now on (soft-dirty), for a next round.
     pub track_mem: bool,

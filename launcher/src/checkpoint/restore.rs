@@ -222,12 +222,14 @@ fn criu_options(rt: &Runtime, opts: &RestoreOptions, meta: &Meta, images: &Path,
     let mut o = CriuOptions::restore(images, format!("restore-{new_name}.log"));
     o.lazy_pages = opts.lazy;
     o.flags = opts.flags.union(meta.flags);
-    // The network lock holds established TCP connections still while CRIU
-    // restores them. A checkpoint without any (CRIU dumps one only with
-    // tcp_established) is restored into a namespace nobody reaches before
-    // its listeners are back, so its lock would guard nothing; its removal
-    // at network-unlock waits for an RCU grace period (measured 10 ms of a
-    // 100 ms restore here, median of 12 alternating pairs).
+    // Whether the namespace's traffic is held until network-unlock: with
+    // established TCP connections to restore. CRIU itself takes the lock
+    // method from the checkpoint's inventory (the dump's, nftables), not
+    // from this request, and the dumped ruleset carries its lock table: it
+    // deletes that table at network-unlock either way (and waits there for
+    // an RCU grace period, plain CRIU alike). What this decides is cns's
+    // own side: without it, the host end comes up only at post-restore,
+    // when every socket is back (run_criu).
     o.lock_network = o.flags.tcp_established;
     if let Some(h) = &host_if {
         o.external.push(format!("veth[{}]:{h}", cns_netns::INNER_IF));
