@@ -138,10 +138,8 @@ fn c_mounts(mounts: &[PrivateMount]) -> Result<Vec<CMount>, RpcError> {
 /// A `criu swrk` connection for one operation.
 #[derive(Debug)]
 pub struct Swrk {
-    // The socket closes before the child is waited for (fields drop in
-    // order): a swrk dropped unasked then sees EOF and exits.
-    sock: OwnedFd,
     child: CriuProcess,
+    sock: OwnedFd,
 }
 
 /// The swrk process: spawned like posix_spawn(3) (the common case), or

@@ -497,23 +497,19 @@ fn start(rt: &Runtime, plan: &RestorePlan, net: &NetConfig, published: crate::ne
         // its layers must be ready first.
         let early = !plan.meta.workload.adopted && plan.private_mounts.is_empty();
         let swrk = if early { Some(spawn_criu(plan, state_dir)?) } else { None };
-        if let Err(e) = prepare() {
-            if let Some(s) = swrk {
-                s.cancel();
-            }
-            return Err(e);
-        }
-        let daemon = match &plan.lazy_dir {
-            Some(dir) => match crate::checkpoint::lazy::start(&plan.criu.path, &plan.images, dir, state_dir, plan.lazy_page_server) {
-                Ok(d) => Some(d),
-                Err(e) => {
-                    if let Some(s) = swrk {
-                        s.cancel();
-                    }
-                    return Err(e);
+        let ready = prepare().and_then(|()| match &plan.lazy_dir {
+            Some(dir) => crate::checkpoint::lazy::start(&plan.criu.path, &plan.images, dir, state_dir, plan.lazy_page_server).map(Some),
+            None => Ok(None),
+        });
+        let daemon = match ready {
+            Ok(d) => d,
+            Err(e) => {
+                // Refused before CRIU was asked anything: it ends unasked.
+                if let Some(s) = swrk {
+                    s.cancel();
                 }
-            },
-            None => None,
+                return Err(e);
+            }
         };
         let pid = match run_criu(plan, net, state_dir, swrk) {
             Ok(pid) => pid,
